@@ -1,0 +1,71 @@
+//! `pullwatch run`: wires sources, recorder and the HTTP endpoint together and runs until a
+//! signal.
+
+use crate::config::RunConfig;
+use crate::http::{self, Readiness};
+use crate::recorder::Recorder;
+use crate::sources::cri_proxy::{CriProxy, socket};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Errors that stop the agent at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Metrics registration failed (a bug).
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The HTTP endpoint could not bind.
+    #[error("--listen {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The interposer socket could not be created.
+    #[error("--cri-proxy-socket: {0}")]
+    Socket(#[from] socket::SocketError),
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
+    let recorder = Arc::new(Recorder::new(&config.recorder)?);
+    let ready = Readiness::default();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| RunError::Listen { addr: config.listen, source })?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tracing::info!(listen = %config.listen, version = crate::VERSION, "serving /metrics");
+    let http_task = tokio::spawn(http::serve(listener, recorder.clone(), ready.clone(), stopped(stop_rx.clone())));
+
+    let mut proxy_task = None;
+    if let Some(pc) = &config.proxy {
+        let bound = socket::bind(&pc.listen_socket, pc.socket_mode)?;
+        let proxy = Arc::new(CriProxy::new(pc, recorder.clone()));
+        tracing::info!(
+            socket = %pc.listen_socket.display(),
+            runtime = %pc.runtime_socket.display(),
+            "CRI interposer listening"
+        );
+        let stop = stopped(stop_rx.clone());
+        let grace = pc.shutdown_grace;
+        proxy_task = Some(tokio::spawn(async move {
+            proxy.serve(&bound.listener, stop, grace).await;
+            drop(bound); // removes the socket file
+        }));
+    }
+    ready.set(true);
+    shutdown.await;
+    ready.set(false);
+    let _ = stop_tx.send(true);
+    if let Some(t) = proxy_task {
+        let _ = t.await;
+    }
+    let _ = http_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}

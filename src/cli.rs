@@ -1,0 +1,160 @@
+//! Command-line interface: every flag also reads a `PULLWATCH_*` environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// pullwatch: times and classifies every container image pull on a node, for Prometheus.
+#[derive(Debug, Parser)]
+#[command(name = "pullwatch", version = crate::VERSION, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: the CRI interposer and the /metrics endpoint.
+    Run(RunArgs),
+    /// Classify a pull error message (as shown by `kubectl describe pod`) and print a fix hint.
+    Explain(ExplainArgs),
+    /// Pull an image through a CRI socket (like `crictl pull`), printing duration or cause + hint.
+    Pull(PullArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (pull events carry structured fields).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Flags of `pullwatch run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Unix socket the CRI interposer listens on; point kubelet's `imageServiceEndpoint`
+    /// (or `--image-service-endpoint`) at `unix://PATH`. Without it the interposer is off.
+    #[arg(long, env = "PULLWATCH_CRI_PROXY_SOCKET", value_name = "PATH")]
+    pub cri_proxy_socket: Option<PathBuf>,
+
+    /// Permission bits (octal) of the interposer socket. kubelet runs as root; keep it tight.
+    #[arg(long, env = "PULLWATCH_CRI_PROXY_SOCKET_MODE", default_value = "0660", value_name = "OCTAL")]
+    pub cri_proxy_socket_mode: String,
+
+    /// The container runtime's CRI socket the interposer forwards to.
+    #[arg(
+        long,
+        env = "PULLWATCH_RUNTIME_SOCKET",
+        default_value = "/run/containerd/containerd.sock",
+        value_name = "PATH"
+    )]
+    pub runtime_socket: PathBuf,
+
+    /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "PULLWATCH_LISTEN", default_value = "0.0.0.0:9798", value_name = "HOST:PORT")]
+    pub listen: String,
+
+    /// Limit for connecting to the runtime socket before callers get UNAVAILABLE.
+    #[arg(long, env = "PULLWATCH_CONNECT_TIMEOUT", default_value = "2s", value_name = "DURATION")]
+    pub connect_timeout: String,
+
+    /// On SIGTERM, how long in-flight CRI calls may take to finish.
+    #[arg(long, env = "PULLWATCH_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION")]
+    pub shutdown_grace: String,
+
+    /// A failing pod/image pair leaves `pullwatch_image_pull_backoff` after this long without a
+    /// new attempt (kubelet's backoff caps at 5m, so a pair still retrying comes back sooner).
+    #[arg(long, env = "PULLWATCH_BACKOFF_EXPIRY", default_value = "10m", value_name = "DURATION")]
+    pub backoff_expiry: String,
+
+    /// Distinct `registry` label values kept; later ones are counted as `other`.
+    #[arg(long, env = "PULLWATCH_MAX_REGISTRIES", default_value_t = 100, value_name = "N")]
+    pub max_registries: usize,
+
+    /// Distinct `namespace` label values kept; later ones are counted as `other`.
+    #[arg(long, env = "PULLWATCH_MAX_NAMESPACES", default_value_t = 1000, value_name = "N")]
+    pub max_namespaces: usize,
+
+    /// Also export `pullwatch_image_pulls_by_image_total` with an `image` label (off by default:
+    /// image names are high-cardinality).
+    #[arg(long, env = "PULLWATCH_IMAGE_LABEL")]
+    pub image_label: bool,
+
+    /// With --image-label: distinct images kept before the rest are counted as `other`.
+    #[arg(long, env = "PULLWATCH_IMAGE_LABEL_CAP", default_value_t = 100, value_name = "N")]
+    pub image_label_cap: usize,
+
+    /// Log format (pull events are one structured line each).
+    #[arg(long, env = "PULLWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,pullwatch=debug`.
+    #[arg(long, env = "PULLWATCH_LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    pub log_level: String,
+}
+
+/// Flags of `pullwatch explain`.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The error message. Without it, messages are read from standard input, one per line.
+    pub message: Option<String>,
+
+    /// Print JSON: one object `{"reason", "hint"}` per message.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Flags of `pullwatch pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference to pull, e.g. `nginx:1.27` or `registry.example.com/team/app@sha256:...`.
+    pub image: String,
+
+    /// CRI socket to pull through (the runtime's, or pullwatch's interposer).
+    #[arg(
+        long,
+        env = "PULLWATCH_RUNTIME_SOCKET",
+        default_value = "/run/containerd/containerd.sock",
+        value_name = "PATH"
+    )]
+    pub runtime_socket: PathBuf,
+
+    /// Deadline for the pull (sent as the gRPC deadline, like kubelet's runtimeRequestTimeout).
+    #[arg(long, default_value = "5m", value_name = "DURATION")]
+    pub timeout: String,
+
+    /// Registry user name.
+    #[arg(long, env = "PULLWATCH_PULL_USERNAME")]
+    pub username: Option<String>,
+
+    /// Registry password (prefer the environment variable: arguments are visible in `ps`).
+    #[arg(long, env = "PULLWATCH_PULL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+
+    /// Base64 `user:password`, as in a `.dockerconfigjson` `auth` field.
+    #[arg(long, env = "PULLWATCH_PULL_AUTH", hide_env_values = true)]
+    pub auth: Option<String>,
+
+    /// Bearer token for the registry.
+    #[arg(long, env = "PULLWATCH_PULL_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<String>,
+
+    /// Pod namespace to report in the request's sandbox metadata (as kubelet does).
+    #[arg(long)]
+    pub pod_namespace: Option<String>,
+
+    /// Pod name to report.
+    #[arg(long)]
+    pub pod_name: Option<String>,
+
+    /// Pod UID to report.
+    #[arg(long)]
+    pub pod_uid: Option<String>,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

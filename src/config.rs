@@ -1,0 +1,172 @@
+//! Validated agent configuration, built from the command line before anything is bound.
+
+use crate::cli::{LogFormat, RunArgs};
+use crate::recorder::RecorderConfig;
+use crate::sources::cri_proxy::ProxyConfig;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A configuration error: names the flag and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("--{flag}: {problem}")]
+pub struct ConfigError {
+    /// Flag name without dashes.
+    pub flag: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn err(flag: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+/// Parses a human duration such as `500ms`, `10s`, `5m`.
+pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| err(flag, format!("invalid duration {value:?} ({e}); use e.g. 500ms, 10s, 5m")))
+}
+
+/// The agent's configuration.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Interposer settings, if enabled.
+    pub proxy: Option<ProxyConfig>,
+    /// HTTP endpoint address.
+    pub listen: SocketAddr,
+    /// Recorder limits.
+    pub recorder: RecorderConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl RunConfig {
+    /// Validates `args`.
+    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+        let listen: SocketAddr = args
+            .listen
+            .parse()
+            .map_err(|e| err("listen", format!("invalid address {:?} ({e}); use HOST:PORT, e.g. 0.0.0.0:9798", args.listen)))?;
+        let mode_str = args.cri_proxy_socket_mode.trim_start_matches("0o");
+        let socket_mode = u32::from_str_radix(mode_str, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| err("cri-proxy-socket-mode", format!("invalid octal mode {:?}; use e.g. 0660", args.cri_proxy_socket_mode)))?;
+        let connect_timeout = parse_duration("connect-timeout", &args.connect_timeout)?;
+        if connect_timeout.is_zero() {
+            return Err(err("connect-timeout", "must be greater than 0"));
+        }
+        let shutdown_grace = parse_duration("shutdown-grace", &args.shutdown_grace)?;
+        let backoff_expiry = parse_duration("backoff-expiry", &args.backoff_expiry)?;
+        if backoff_expiry.is_zero() {
+            return Err(err("backoff-expiry", "must be greater than 0"));
+        }
+        for (flag, n) in [
+            ("max-registries", args.max_registries),
+            ("max-namespaces", args.max_namespaces),
+            ("image-label-cap", args.image_label_cap),
+        ] {
+            if n == 0 {
+                return Err(err(flag, "must be at least 1"));
+            }
+        }
+        if args.runtime_socket.as_os_str().is_empty() {
+            return Err(err("runtime-socket", "must not be empty"));
+        }
+        let proxy = match &args.cri_proxy_socket {
+            Some(p) if p.as_os_str().is_empty() => return Err(err("cri-proxy-socket", "must not be empty")),
+            Some(p) if p == &args.runtime_socket => {
+                return Err(err("cri-proxy-socket", "must differ from --runtime-socket (it would forward to itself)"));
+            }
+            Some(p) => Some(ProxyConfig {
+                listen_socket: p.clone(),
+                socket_mode,
+                runtime_socket: args.runtime_socket.clone(),
+                connect_timeout,
+                shutdown_grace,
+            }),
+            None => None,
+        };
+        if proxy.is_none() {
+            return Err(err(
+                "cri-proxy-socket",
+                "no source enabled: pass --cri-proxy-socket PATH to run the CRI interposer",
+            ));
+        }
+        tracing_subscriber::EnvFilter::try_new(&args.log_level)
+            .map_err(|e| err("log-level", format!("invalid filter {:?}: {e}", args.log_level)))?;
+        Ok(Self {
+            proxy,
+            listen,
+            recorder: RecorderConfig {
+                backoff_expiry,
+                max_registries: args.max_registries,
+                max_namespaces: args.max_namespaces,
+                image_label_cap: args.image_label.then_some(args.image_label_cap),
+            },
+            log_format: args.log_format,
+            log_level: args.log_level.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["pullwatch", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = RunConfig::from_args(&run_args(&["--cri-proxy-socket", "/run/pw.sock"])).unwrap();
+        let p = c.proxy.unwrap();
+        assert_eq!(p.socket_mode, 0o660);
+        assert_eq!(p.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.listen.port(), 9798);
+        assert_eq!(c.recorder.backoff_expiry, Duration::from_secs(600));
+        assert_eq!(c.recorder.image_label_cap, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--listen", "nope"], "--listen: invalid address"),
+            (&["--cri-proxy-socket-mode", "999"], "--cri-proxy-socket-mode"),
+            (&["--connect-timeout", "fast"], "--connect-timeout: invalid duration"),
+            (&["--backoff-expiry", "0s"], "--backoff-expiry: must be greater than 0"),
+            (&["--max-registries", "0"], "--max-registries: must be at least 1"),
+            (&["--runtime-socket", "/run/pw.sock"], "must differ from --runtime-socket"),
+            (&["--log-level", "=[bad"], "--log-level"),
+        ];
+        for (extra, want) in cases {
+            let mut argv = vec!["--cri-proxy-socket", "/run/pw.sock"];
+            argv.extend_from_slice(extra);
+            let e = RunConfig::from_args(&run_args(&argv)).unwrap_err().to_string();
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        let e = RunConfig::from_args(&run_args(&[])).unwrap_err().to_string();
+        assert!(e.contains("no source enabled"), "{e}");
+    }
+
+    #[test]
+    fn image_label_flag_sets_cap() {
+        let c = RunConfig::from_args(&run_args(&[
+            "--cri-proxy-socket", "/x.sock", "--image-label", "--image-label-cap", "7",
+        ]))
+        .unwrap();
+        assert_eq!(c.recorder.image_label_cap, Some(7));
+    }
+}

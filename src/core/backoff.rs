@@ -1,0 +1,172 @@
+//! Tracks pod/image pairs whose latest pull failed and that kubelet is still retrying
+//! (what `kubectl get pods` shows as `ImagePullBackOff` / `ErrImagePull`).
+
+use crate::core::attempt::{PodRef, PullAttempt};
+use crate::core::reason::Reason;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Default window after which a failing pair without new attempts is forgotten. kubelet's image
+/// pull backoff caps at 5 minutes, so a pair still in backoff is retried within that; twice the
+/// cap plus slack avoids flapping.
+pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    pod: PodRef,
+    image: String,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    registry: String,
+    reason: Reason,
+    last_attempt: Instant,
+}
+
+/// `(namespace, registry, reason)`: one series of the backoff gauge.
+pub type BackoffGroup = (String, String, Reason);
+
+/// The backoff state machine. Not thread-safe on its own; the pipeline wraps it in a mutex.
+#[derive(Debug)]
+pub struct BackoffTracker {
+    expiry: Duration,
+    entries: HashMap<Key, Entry>,
+}
+
+impl BackoffTracker {
+    /// A tracker that forgets a pair `expiry` after its last attempt.
+    pub fn new(expiry: Duration) -> Self {
+        Self {
+            expiry,
+            entries: HashMap::new(),
+        }
+    }
+
+    /// Feeds one attempt observed at `now`. `registry` is the label value to count it under
+    /// (already passed through the cardinality guard). Attempts without a pod are ignored:
+    /// nobody retries them.
+    pub fn observe(&mut self, attempt: &PullAttempt, registry: &str, now: Instant) {
+        let Some(pod) = &attempt.pod else { return };
+        let key = Key {
+            pod: pod.clone(),
+            image: attempt.image.clone(),
+        };
+        match attempt.outcome.reason() {
+            // A cancel is kubelet giving up on this attempt, not the image failing: keep state.
+            Some(Reason::Canceled) => {
+                if let Some(e) = self.entries.get_mut(&key) {
+                    e.last_attempt = now;
+                }
+            }
+            Some(reason) => {
+                self.entries.insert(
+                    key,
+                    Entry {
+                        registry: registry.to_string(),
+                        reason,
+                        last_attempt: now,
+                    },
+                );
+            }
+            None => {
+                self.entries.remove(&key);
+            }
+        }
+    }
+
+    /// Drops expired pairs and returns the number of pairs per `(namespace, registry, reason)`.
+    pub fn snapshot(&mut self, now: Instant) -> BTreeMap<BackoffGroup, u64> {
+        let expiry = self.expiry;
+        self.entries
+            .retain(|_, e| now.saturating_duration_since(e.last_attempt) < expiry);
+        let mut groups = BTreeMap::new();
+        for (k, e) in &self.entries {
+            *groups
+                .entry((k.pod.namespace.clone(), e.registry.clone(), e.reason))
+                .or_insert(0) += 1;
+        }
+        groups
+    }
+
+    /// Number of tracked pairs (including ones not yet expired by a snapshot).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no pair is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::attempt::{Outcome, Source};
+    use std::time::SystemTime;
+    use tonic::Code;
+
+    fn attempt(ns: &str, pod: &str, image: &str, outcome: Outcome) -> PullAttempt {
+        PullAttempt {
+            image: image.into(),
+            reference: None,
+            pod: Some(PodRef {
+                namespace: ns.into(),
+                name: pod.into(),
+                uid: format!("uid-{pod}"),
+            }),
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(5),
+            outcome,
+            source: Source::CriProxy,
+        }
+    }
+
+    fn fail(msg: &str) -> Outcome {
+        Outcome::failure(Code::Unknown, msg)
+    }
+
+    #[test]
+    fn failure_enters_success_leaves() {
+        let mut t = BackoffTracker::new(DEFAULT_EXPIRY);
+        let now = Instant::now();
+        t.observe(&attempt("prod", "a", "x:1", fail("x:1: not found")), "docker.io", now);
+        t.observe(&attempt("prod", "b", "x:1", fail("x:1: not found")), "docker.io", now);
+        t.observe(&attempt("dev", "c", "y:1", fail("429 Too Many Requests")), "docker.io", now);
+        let s = t.snapshot(now);
+        assert_eq!(s[&("prod".into(), "docker.io".into(), Reason::NotFound)], 2);
+        assert_eq!(s[&("dev".into(), "docker.io".into(), Reason::RateLimited)], 1);
+        // The retry of pod a succeeds: it leaves.
+        let ok = Outcome::Success { image_ref: "sha256:1".into() };
+        t.observe(&attempt("prod", "a", "x:1", ok), "docker.io", now);
+        let s = t.snapshot(now);
+        assert_eq!(s[&("prod".into(), "docker.io".into(), Reason::NotFound)], 1);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn latest_reason_wins_and_cancel_keeps_state() {
+        let mut t = BackoffTracker::new(DEFAULT_EXPIRY);
+        let now = Instant::now();
+        t.observe(&attempt("ns", "p", "i", fail("503 Service Unavailable")), "r", now);
+        t.observe(&attempt("ns", "p", "i", fail("connection refused")), "r", now);
+        t.observe(&attempt("ns", "p", "i", fail("context canceled")), "r", now);
+        let s = t.snapshot(now);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[&("ns".into(), "r".into(), Reason::Network)], 1);
+    }
+
+    #[test]
+    fn quiet_pairs_expire_and_pod_less_pulls_are_ignored() {
+        let mut t = BackoffTracker::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        t.observe(&attempt("ns", "p", "i", fail("not found: x")), "r", t0);
+        let mut podless = attempt("ns", "q", "i", fail("not found: x"));
+        podless.pod = None;
+        t.observe(&podless, "r", t0);
+        assert_eq!(t.snapshot(t0 + Duration::from_secs(59)).values().sum::<u64>(), 1);
+        assert!(t.snapshot(t0 + Duration::from_secs(60)).is_empty());
+        assert!(t.is_empty());
+    }
+}

@@ -1,0 +1,9 @@
+//! The source-independent core: the attempt model, the classifier, the backoff tracker and the
+//! cardinality guard.
+
+pub mod attempt;
+pub mod backoff;
+pub mod cardinality;
+pub mod classifier;
+pub mod reason;
+pub mod reference;

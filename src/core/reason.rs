@@ -1,0 +1,213 @@
+//! The closed set of pull failure causes, with the remediation hint for each.
+
+use serde::Serialize;
+use std::fmt;
+
+/// Why an image pull failed. A bounded set: it is a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The reference does not parse (bad characters, uppercase, empty tag).
+    InvalidReference,
+    /// The node ran out of disk or quota while storing or unpacking.
+    Disk,
+    /// The image has no variant for the node's OS/architecture.
+    Platform,
+    /// The registry refused because a pull quota was exhausted (HTTP 429).
+    RateLimited,
+    /// The registry refused the credentials, or sent none were accepted (401/403).
+    Unauthorized,
+    /// The repository, tag or digest does not exist.
+    NotFound,
+    /// The registry host name did not resolve.
+    Dns,
+    /// A network operation took too long, or the caller's deadline passed.
+    Timeout,
+    /// TLS failed: untrusted or expired certificate, handshake error, HTTP vs HTTPS mismatch.
+    Tls,
+    /// The registry answered with a server error (5xx).
+    RegistryError,
+    /// The connection to the registry failed or broke (refused, reset, unreachable, EOF).
+    Network,
+    /// The caller (kubelet) canceled the pull.
+    Canceled,
+    /// pullwatch could not reach the container runtime's socket at all.
+    RuntimeUnavailable,
+    /// None of the above; read the message.
+    Unknown,
+}
+
+impl Reason {
+    /// Every reason, in label order.
+    pub const ALL: [Reason; 14] = [
+        Reason::InvalidReference,
+        Reason::Disk,
+        Reason::Platform,
+        Reason::RateLimited,
+        Reason::Unauthorized,
+        Reason::NotFound,
+        Reason::Dns,
+        Reason::Timeout,
+        Reason::Tls,
+        Reason::RegistryError,
+        Reason::Network,
+        Reason::Canceled,
+        Reason::RuntimeUnavailable,
+        Reason::Unknown,
+    ];
+
+    /// The label value, e.g. `rate_limited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidReference => "invalid_reference",
+            Reason::Disk => "disk",
+            Reason::Platform => "platform",
+            Reason::RateLimited => "rate_limited",
+            Reason::Unauthorized => "unauthorized",
+            Reason::NotFound => "not_found",
+            Reason::Dns => "dns",
+            Reason::Timeout => "timeout",
+            Reason::Tls => "tls",
+            Reason::RegistryError => "registry_error",
+            Reason::Network => "network",
+            Reason::Canceled => "canceled",
+            Reason::RuntimeUnavailable => "runtime_unavailable",
+            Reason::Unknown => "unknown",
+        }
+    }
+
+    /// Parses a label value back into a reason.
+    pub fn from_label(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// What an operator should check and do about this cause.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Reason::InvalidReference => {
+                "The image reference is malformed. Check the `image:` field of the pod spec for \
+                 uppercase letters, spaces, an empty tag (`name:`) or a stray scheme such as \
+                 `https://`; references look like `registry.example.com:5000/team/app:1.2` or \
+                 `app@sha256:<digest>`. Fix the manifest (or the template/values that render it)."
+            }
+            Reason::Disk => {
+                "The node ran out of disk space (or quota) while storing or unpacking layers. \
+                 Check the image filesystem (`df -h /var/lib/containerd`, `crictl imagefsinfo`), \
+                 let kubelet's image garbage collection catch up or lower its thresholds \
+                 (`imageGCHighThresholdPercent`), remove unused images (`crictl rmi --prune`), \
+                 and size node disks for your largest images."
+            }
+            Reason::Platform => {
+                "The image has no variant for this node's OS/architecture (e.g. an amd64-only image \
+                 on an arm64 node). Inspect the manifest list (`skopeo inspect --raw \
+                 docker://IMAGE`), publish a multi-arch image (`docker buildx build --platform \
+                 linux/amd64,linux/arm64`), or pin the pod to matching nodes with a \
+                 `kubernetes.io/arch` nodeSelector."
+            }
+            Reason::RateLimited => {
+                "The registry is rate limiting pulls (HTTP 429). On Docker Hub, anonymous pulls are \
+                 limited per source IP (all nodes behind one NAT share it) and authenticated pulls \
+                 get a higher, plan-dependent quota; the limits have changed over time, so read \
+                 your current quota from the `ratelimit-limit` and `ratelimit-remaining` response \
+                 headers rather than trusting a fixed number. Authenticate pulls with an \
+                 imagePullSecret, use a registry mirror or pull-through cache, pin digests and use \
+                 `imagePullPolicy: IfNotPresent` to avoid needless pulls. Some registries answer \
+                 an exhausted quota with 401/403, so a sudden burst of auth failures can be this too."
+            }
+            Reason::Unauthorized => {
+                "The registry refused access (401/403, `pull access denied`, `insufficient_scope`). \
+                 Check that the pod (or its ServiceAccount) has an imagePullSecret for this \
+                 registry, that the secret is of type `kubernetes.io/dockerconfigjson` in the \
+                 pod's namespace, that its `auths` key matches the registry host exactly, and that \
+                 the credentials are not expired (cloud registry tokens often live 12 h). Docker \
+                 Hub also says `pull access denied` for repositories that do not exist, and some \
+                 registries answer rate limiting with 401/403."
+            }
+            Reason::NotFound => {
+                "The repository, tag or digest does not exist in the registry. Check the image \
+                 path and tag for typos (`skopeo inspect docker://IMAGE`, or the registry's UI), \
+                 whether the tag was deleted or never pushed (CI failure), and whether the image \
+                 lives in a different registry or project than the manifest says."
+            }
+            Reason::Dns => {
+                "The registry host name did not resolve on the node. Check the spelling of the \
+                 registry host, the node's resolver (`/etc/resolv.conf`, systemd-resolved), \
+                 whether the name is only resolvable inside the cluster (node runtimes do not use \
+                 cluster DNS), and whether egress DNS is blocked by a firewall."
+            }
+            Reason::Timeout => {
+                "The pull took too long: a connection, TLS handshake or read timed out, or the \
+                 caller's deadline passed (kubelet's `runtimeRequestTimeout`, containerd's \
+                 `image_pull_progress_timeout`). Check registry latency and node egress \
+                 bandwidth, proxies and firewalls that silently drop packets, and very large \
+                 images; a registry mirror close to the nodes helps."
+            }
+            Reason::Tls => {
+                "TLS to the registry failed: untrusted CA (`x509: certificate signed by unknown \
+                 authority`), expired or mismatched certificate, or an HTTP registry addressed \
+                 over HTTPS. Install the registry's CA on the node (containerd: \
+                 `/etc/containerd/certs.d/<host>/hosts.toml` with `ca = ...`), renew the \
+                 certificate, check for TLS-intercepting proxies, and only for test registries \
+                 configure plain HTTP explicitly."
+            }
+            Reason::RegistryError => {
+                "The registry answered with a server error (5xx). This is on the registry side: \
+                 check its status page or logs, its storage backend, and any proxy or load \
+                 balancer in front of it. Retries usually succeed once it recovers; a mirror or \
+                 pull-through cache keeps nodes pulling during registry outages."
+            }
+            Reason::Network => {
+                "The connection to the registry failed or broke: refused, reset, unreachable, or \
+                 closed mid-transfer (EOF). Check that the node can reach the registry \
+                 (`curl -v https://REGISTRY/v2/`), egress firewall rules and NAT capacity, HTTP \
+                 proxy settings of the runtime (`HTTPS_PROXY`/`NO_PROXY` in the containerd unit), \
+                 and the registry's own availability."
+            }
+            Reason::Canceled => {
+                "The pull was canceled by its caller, usually kubelet giving up (pod deleted, \
+                 `runtimeRequestTimeout` reached, or kubelet restarting). Frequent cancels of the \
+                 same image mean pulls take longer than the caller waits: look at pull duration \
+                 and registry speed."
+            }
+            Reason::RuntimeUnavailable => {
+                "pullwatch could not reach the container runtime's socket, so kubelet's pull never \
+                 reached the runtime. Check that containerd/CRI-O is running \
+                 (`systemctl status containerd`) and that `--runtime-socket` names its CRI socket."
+            }
+            Reason::Unknown => {
+                "The error did not match a known cause. Read the full message in pullwatch's event \
+                 log or `kubectl describe pod`, and run `pullwatch explain \"<message>\"`; please \
+                 report unmatched messages so the classifier can learn them."
+            }
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()), "duplicate label {r}");
+            assert_eq!(Reason::from_label(r.as_str()), Some(r));
+            assert!(r.hint().len() > 80, "{r} needs a real hint");
+        }
+        assert_eq!(Reason::from_label("nope"), None);
+    }
+
+    #[test]
+    fn rate_limit_hint_points_at_headers_not_fixed_numbers() {
+        let h = Reason::RateLimited.hint();
+        assert!(h.contains("ratelimit-remaining") && h.contains("mirror"));
+        assert!(!h.contains("100 pulls"), "limits change; do not hard-code them");
+    }
+}

@@ -1,0 +1,59 @@
+//! The event log: one structured `tracing` event per pull attempt (target `pullwatch::pull`),
+//! which the JSON log format renders as one line. Carries pod, image, duration and cause; never
+//! credentials (the interposer never decodes them).
+
+use crate::core::attempt::{Outcome, PullAttempt};
+use crate::grpc::status::code_name;
+use std::time::UNIX_EPOCH;
+
+/// Target of pull events, for filtering (`RUST_LOG=pullwatch::pull=info`).
+pub const TARGET: &str = "pullwatch::pull";
+
+/// Emits `attempt` as one event.
+pub fn emit(attempt: &PullAttempt) {
+    let started_unix_ms = attempt
+        .started_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let (namespace, pod, pod_uid) = attempt.pod.as_ref().map_or(("", "", ""), |p| {
+        (p.namespace.as_str(), p.name.as_str(), p.uid.as_str())
+    });
+    let repository = attempt.reference.as_ref().map_or("", |r| r.repository.as_str());
+    let duration_seconds = attempt.duration.as_secs_f64();
+    match &attempt.outcome {
+        Outcome::Success { image_ref } => tracing::info!(
+            target: TARGET,
+            event = "image_pull",
+            result = "success",
+            source = attempt.source.as_str(),
+            image = %attempt.image,
+            registry = attempt.registry(),
+            repository,
+            namespace,
+            pod,
+            pod_uid,
+            started_unix_ms,
+            duration_seconds,
+            image_ref = %image_ref,
+            "image pull succeeded"
+        ),
+        Outcome::Failure { code, message, reason } => tracing::warn!(
+            target: TARGET,
+            event = "image_pull",
+            result = "failure",
+            source = attempt.source.as_str(),
+            image = %attempt.image,
+            registry = attempt.registry(),
+            repository,
+            namespace,
+            pod,
+            pod_uid,
+            started_unix_ms,
+            duration_seconds,
+            reason = reason.as_str(),
+            grpc_code = code_name(*code),
+            error = %message,
+            "image pull failed"
+        ),
+    }
+}

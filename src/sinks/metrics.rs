@@ -1,0 +1,212 @@
+//! Every Prometheus metric family pullwatch exports, defined in one table ([`FAMILIES`]) that the
+//! README, alert rules and dashboards are checked against, and the typed handles to update them.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Kind of a metric family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Monotonic counter (`_total`).
+    Counter,
+    /// Gauge.
+    Gauge,
+    /// Histogram (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+impl Kind {
+    /// Prometheus type name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric family: the public API contract.
+#[derive(Debug, Clone, Copy)]
+pub struct Family {
+    /// Full metric name.
+    pub name: &'static str,
+    /// Type.
+    pub kind: Kind,
+    /// Label names, in order.
+    pub labels: &'static [&'static str],
+    /// Help text.
+    pub help: &'static str,
+}
+
+/// Buckets for whole image pulls: 100 ms (cached layers) to 10 min (huge images, slow links).
+pub const PULL_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0,
+];
+
+/// Buckets for CRI calls: most are sub-millisecond to tens of milliseconds; PullImage goes long.
+pub const CRI_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0,
+];
+
+macro_rules! family {
+    ($name:literal, $kind:ident, [$($l:literal),*], $help:literal) => {
+        Family { name: $name, kind: Kind::$kind, labels: &[$($l),*], help: $help }
+    };
+}
+
+/// pullwatch's own metric families (the process collector adds the standard `process_*` ones).
+pub const FAMILIES: &[Family] = &[
+    family!("pullwatch_image_pulls_total", Counter, ["registry", "result"],
+        "Image pull attempts that finished, by registry and result (success|failure)."),
+    family!("pullwatch_image_pull_failures_total", Counter, ["registry", "reason"],
+        "Failed image pull attempts by registry and classified reason."),
+    family!("pullwatch_image_pull_duration_seconds", Histogram, ["registry", "result"],
+        "Duration of image pull attempts in seconds, by registry and result."),
+    family!("pullwatch_image_pulls_in_flight", Gauge, ["registry"],
+        "Image pulls currently in progress, by registry."),
+    family!("pullwatch_image_pull_backoff", Gauge, ["namespace", "registry", "reason"],
+        "Pod/image pairs whose latest pull failed and that have been retried within the backoff window."),
+    family!("pullwatch_image_pulls_by_image_total", Counter, ["image", "result"],
+        "Image pull attempts by image (only with --image-label; capped by --image-label-cap)."),
+    family!("pullwatch_cri_requests_total", Counter, ["method", "code"],
+        "CRI calls proxied by the interposer, by gRPC method and status code."),
+    family!("pullwatch_cri_request_duration_seconds", Histogram, ["method"],
+        "Duration of CRI calls proxied by the interposer, by gRPC method."),
+    family!("pullwatch_decode_errors_total", Counter, ["message"],
+        "CRI messages pullwatch could not decode (they were still forwarded unchanged)."),
+    family!("pullwatch_label_overflow_total", Counter, ["label"],
+        "Observations whose label value exceeded the distinct-value cap and was counted as \"other\"."),
+    family!("pullwatch_build_info", Gauge, ["version", "revision"],
+        "Always 1; labels carry pullwatch's version and git revision."),
+];
+
+/// Looks up a family by name.
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}
+
+fn opts(name: &str) -> (Opts, &'static [&'static str]) {
+    // A name missing from FAMILIES is a programming error caught by every test.
+    let f = family(name).unwrap_or_else(|| panic!("metric {name} is not in FAMILIES"));
+    (Opts::new(f.name, f.help), f.labels)
+}
+
+fn counter(reg: &Registry, name: &str) -> prometheus::Result<IntCounterVec> {
+    let (o, l) = opts(name);
+    let c = IntCounterVec::new(o, l)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn gauge(reg: &Registry, name: &str) -> prometheus::Result<IntGaugeVec> {
+    let (o, l) = opts(name);
+    let g = IntGaugeVec::new(o, l)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
+fn histogram(reg: &Registry, name: &str, buckets: &[f64]) -> prometheus::Result<HistogramVec> {
+    let (o, l) = opts(name);
+    let h = HistogramVec::new(HistogramOpts::from(o).buckets(buckets.to_vec()), l)?;
+    reg.register(Box::new(h.clone()))?;
+    Ok(h)
+}
+
+/// Handles to every family, registered in one registry.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `pullwatch_image_pulls_total`
+    pub pulls: IntCounterVec,
+    /// `pullwatch_image_pull_failures_total`
+    pub failures: IntCounterVec,
+    /// `pullwatch_image_pull_duration_seconds`
+    pub pull_duration: HistogramVec,
+    /// `pullwatch_image_pulls_in_flight`
+    pub in_flight: IntGaugeVec,
+    /// `pullwatch_image_pull_backoff`
+    pub backoff: IntGaugeVec,
+    /// `pullwatch_image_pulls_by_image_total`, registered only when the image label is on.
+    pub by_image: Option<IntCounterVec>,
+    /// `pullwatch_cri_requests_total`
+    pub cri_requests: IntCounterVec,
+    /// `pullwatch_cri_request_duration_seconds`
+    pub cri_duration: HistogramVec,
+    /// `pullwatch_decode_errors_total`
+    pub decode_errors: IntCounterVec,
+    /// `pullwatch_label_overflow_total`
+    pub label_overflow: IntCounterVec,
+}
+
+impl Metrics {
+    /// Registers every family (plus process metrics) in a fresh registry.
+    pub fn new(image_label: bool) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let m = Self {
+            pulls: counter(&registry, "pullwatch_image_pulls_total")?,
+            failures: counter(&registry, "pullwatch_image_pull_failures_total")?,
+            pull_duration: histogram(&registry, "pullwatch_image_pull_duration_seconds", &PULL_BUCKETS)?,
+            in_flight: gauge(&registry, "pullwatch_image_pulls_in_flight")?,
+            backoff: gauge(&registry, "pullwatch_image_pull_backoff")?,
+            by_image: if image_label {
+                Some(counter(&registry, "pullwatch_image_pulls_by_image_total")?)
+            } else {
+                None
+            },
+            cri_requests: counter(&registry, "pullwatch_cri_requests_total")?,
+            cri_duration: histogram(&registry, "pullwatch_cri_request_duration_seconds", &CRI_BUCKETS)?,
+            decode_errors: counter(&registry, "pullwatch_decode_errors_total")?,
+            label_overflow: counter(&registry, "pullwatch_label_overflow_total")?,
+            registry,
+        };
+        gauge(&m.registry, "pullwatch_build_info")?
+            .with_label_values(&[crate::VERSION, crate::REVISION])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        Ok(m)
+    }
+
+    /// Renders the registry in the Prometheus text format (0.0.4).
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec only fails on families with inconsistent label sets, which the
+        // typed handles above cannot produce.
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "rendering metrics failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        for f in FAMILIES {
+            assert!(f.name.starts_with("pullwatch_"), "{}", f.name);
+            assert_eq!(f.kind == Kind::Counter, f.name.ends_with("_total"), "{}", f.name);
+            assert!(!f.labels.is_empty(), "{}", f.name);
+            assert!(!f.labels.contains(&"error"), "no raw error text as label");
+        }
+    }
+
+    #[test]
+    fn renders_build_info_and_process_metrics() {
+        let m = Metrics::new(false).unwrap();
+        let text = m.render();
+        assert!(text.contains(&format!(
+            "pullwatch_build_info{{revision=\"{}\",version=\"{}\"}} 1",
+            crate::REVISION,
+            crate::VERSION
+        )));
+        assert!(text.contains("process_resident_memory_bytes"));
+        assert!(!text.contains("pullwatch_image_pulls_by_image_total"));
+        assert!(Metrics::new(true).unwrap().by_image.is_some());
+    }
+}

@@ -1,0 +1,4 @@
+//! Where attempts go: the Prometheus registry and the JSON event log.
+
+pub mod event_log;
+pub mod metrics;
