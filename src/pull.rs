@@ -106,6 +106,15 @@ pub async fn pull(client: &mut CriClient, req: &PullRequest) -> PullReport {
                 reason: Reason::RuntimeUnavailable,
             }
         }
+        // tonic reports its own deadline firing as CANCELLED "Timeout expired"; say what it was.
+        Err(status)
+            if status.code() == Code::Cancelled && req.timeout.is_some_and(|t| duration >= t) =>
+        {
+            Outcome::failure(
+                Code::DeadlineExceeded,
+                format!("deadline exceeded after {duration:?}: {}", status.message()),
+            )
+        }
         Err(status) => Outcome::failure(status.code(), status.message()),
     };
     PullReport {

@@ -14,6 +14,8 @@ use tonic::Code;
 
 /// Ordered rules: `(reason, case-insensitive substrings)`.
 const RULES: &[(Reason, &[&str])] = &[
+    // pullwatch's own answer when the runtime socket is unreachable (see the interposer).
+    (Reason::RuntimeUnavailable, &["container runtime unavailable"]),
     (
         Reason::InvalidReference,
         &[

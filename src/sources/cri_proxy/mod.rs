@@ -132,5 +132,3 @@ fn upstream_uri(uri: Uri) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://localhost/"))
 }
 
-#[cfg(test)]
-mod tests;

@@ -1,0 +1,155 @@
+//! Runs the real `pullwatch run` binary as a process and talks to it over HTTP.
+
+use super::sandbox::{Sandbox, free_port};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    child: Option<Child>,
+    pub proxy_sock: PathBuf,
+    pub addr: SocketAddr,
+    pub log_path: PathBuf,
+}
+
+/// GET `path` on `addr`; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+impl Agent {
+    /// Starts `pullwatch run` with the interposer in front of the sandbox's containerd.
+    pub fn start(sb: &Sandbox, extra: &[&str]) -> Self {
+        let proxy_sock = sb.dir.path().join(format!("pullwatch-{}.sock", free_port()));
+        Self::start_at(sb, proxy_sock, extra)
+    }
+
+    pub fn start_at(sb: &Sandbox, proxy_sock: PathBuf, extra: &[&str]) -> Self {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log_path = sb.dir.path().join(format!("pullwatch-{}.log", addr.port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_pullwatch"))
+            .arg("run")
+            .arg("--cri-proxy-socket")
+            .arg(&proxy_sock)
+            .arg("--runtime-socket")
+            .arg(&sb.containerd_sock)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(["--log-format", "json", "--log-level", "trace"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let agent = Self { child: Some(child), proxy_sock, addr, log_path };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(http_get(addr, "/readyz"), Ok((200, _))) {
+            assert!(Instant::now() < deadline, "pullwatch not ready: {}", agent.logs());
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        agent
+    }
+
+    pub fn scrape(&self) -> String {
+        let (status, body) = http_get(self.addr, "/metrics").expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Scrapes until `ready(metrics)` holds (events such as a caller's reset reach pullwatch
+    /// asynchronously), or panics after 10 s with the last scrape.
+    pub fn scrape_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.scrape();
+            if ready(&m) {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{m}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Pull events from the JSON log.
+    pub fn pull_events(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "pullwatch::pull")
+            .collect()
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "pullwatch ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One parsed sample line of the text format.
+pub type Series = (String, BTreeMap<String, String>, f64);
+
+pub fn parse_metrics(text: &str) -> Vec<Series> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|kv| !kv.is_empty())
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.trim_matches('"').to_string()))
+                })
+                .collect();
+            Some((name.to_string(), labels, value))
+        })
+        .collect()
+}
+
+/// Sum of samples of `name` whose labels include all of `want`.
+pub fn sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    parse_metrics(text)
+        .into_iter()
+        .filter(|(n, labels, _)| {
+            n == name && want.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}

@@ -1,0 +1,42 @@
+//! Shared end-to-end harness: real containerd + docker-registry + our fault registry, and the
+//! real pullwatch binary. Used by the tests in `tests/` and by `examples/demo.rs`.
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod fault_registry;
+pub mod image;
+pub mod sandbox;
+
+use pullwatch::core::attempt::Outcome;
+use pullwatch::cri_client::CriClient;
+use pullwatch::pull::{PullReport, PullRequest, pull};
+use std::path::Path;
+use std::time::Duration;
+
+/// Pulls `image` through the CRI socket at `sock` as pod `ns/pod`.
+pub async fn pull_as(sock: &Path, image: &str, pod: Option<(&str, &str)>, timeout: Duration) -> PullReport {
+    let mut c = CriClient::connect(sock, Duration::from_secs(5)).await.expect("connect");
+    let req = PullRequest {
+        image: image.to_string(),
+        auth: None,
+        pod: pod.map(|(ns, name)| (ns.to_string(), name.to_string(), format!("uid-{ns}-{name}"))),
+        timeout: Some(timeout),
+    };
+    pull(&mut c, &req).await
+}
+
+/// The failure reason label of a report, or `success`.
+pub fn reason_of(r: &PullReport) -> String {
+    match &r.outcome {
+        Outcome::Success { .. } => "success".into(),
+        Outcome::Failure { reason, .. } => reason.as_str().into(),
+    }
+}
+
+/// The failure message of a report (empty for success).
+pub fn message_of(r: &PullReport) -> String {
+    match &r.outcome {
+        Outcome::Success { .. } => String::new(),
+        Outcome::Failure { message, .. } => message.clone(),
+    }
+}
