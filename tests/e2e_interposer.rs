@@ -75,4 +75,23 @@ async fn every_provokable_reason_is_classified_and_counted() {
         cases.len() as f64
     );
     assert_eq!(sum(&m, "pullwatch_image_pulls_in_flight", &[]), 0.0);
+
+    // The event log: one JSON line per attempt, with pod, image, duration and reason.
+    let events = agent.pull_events();
+    assert_eq!(events.len(), cases.len(), "{events:#?}");
+    for (image, want, _) in &cases {
+        // Look events up by image: a caller's reset can be recorded after the next pull began.
+        let ev = events.iter().find(|e| e["image"] == image.as_str()).unwrap_or_else(|| panic!("no event for {image}"));
+        assert_eq!(ev["namespace"], "e2e");
+        assert_eq!(ev["pod"], "pod-a");
+        assert_eq!(ev["source"], "cri_proxy");
+        assert!(ev["duration_seconds"].as_f64().is_some_and(|d| d > 0.0), "{ev}");
+        if *want == "success" {
+            assert_eq!(ev["result"], "success");
+            assert!(ev["image_ref"].as_str().is_some_and(|r| r.starts_with("sha256:")), "{ev}");
+        } else {
+            assert_eq!((ev["result"].as_str(), ev["reason"].as_str()), (Some("failure"), Some(*want)), "{ev}");
+            assert!(ev["error"].as_str().is_some_and(|e| !e.is_empty()), "{ev}");
+        }
+    }
 }

@@ -237,7 +237,7 @@ impl Call {
         let (code, message) = match self.deadline {
             Some(d) if duration + Duration::from_millis(20) >= d => (
                 Code::DeadlineExceeded,
-                format!("caller's deadline of {d:?} exceeded (observed by pullwatch)"),
+                format!("deadline exceeded: the caller's deadline of {d:?} passed before the runtime answered (observed by pullwatch)"),
             ),
             _ => (
                 Code::Cancelled,
