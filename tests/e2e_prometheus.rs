@@ -1,0 +1,127 @@
+//! End to end with real Prometheus: it scrapes the real agent in the containerd + registry
+//! harness, and PromQL over `pullwatch_image_pull_failures_total` returns the expected reasons.
+//! Also checks the exposition with `promtool check metrics`.
+
+mod common;
+
+use common::agent::{Agent, http_get};
+use common::image::TestImage;
+use common::sandbox::{Sandbox, free_port, require};
+use common::{pull_as, reason_of};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Prometheus(Child, SocketAddr);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> Prometheus {
+    require("prometheus");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let p = Prometheus(child, addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
+        assert!(Instant::now() < deadline, "prometheus not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+/// Runs an instant query; returns `label value -> sample value` for `by_label`.
+fn query(prom: SocketAddr, q: &str, by_label: &str) -> BTreeMap<String, f64> {
+    let path = format!("/api/v1/query?query={}", utf8_percent_encode(q, NON_ALPHANUMERIC));
+    let (status, body) = http_get(prom, &path).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success", "{body}");
+    v["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let key = r["metric"][by_label].as_str().unwrap_or("").to_string();
+            let val: f64 = r["value"][1].as_str().unwrap().parse().unwrap();
+            (key, val)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_failures_by_reason() {
+    let sb = Sandbox::start().await;
+    let img = TestImage::build("prom", 2048, "amd64");
+    let good = sb.push(&img, "team/app", "1");
+    sb.fault.add("team/app", "1", &img);
+    let agent = Agent::start(&sb, &[]);
+    let prom = start_prometheus(sb.dir.path(), agent.addr);
+    let f = sb.fault.host();
+    let s = &agent.proxy_sock;
+    let t = Duration::from_secs(60);
+    for (image, want) in [
+        (good, "success"),
+        (format!("{f}/ratelimitedhead/team/app:1"), "rate_limited"),
+        (format!("{f}/ratelimitedhead/team/app:1"), "rate_limited"),
+        (format!("{}/team/app:missing", sb.registry), "not_found"),
+        (format!("{f}/forbidden/team/app:1"), "unauthorized"),
+    ] {
+        assert_eq!(reason_of(&pull_as(s, &image, Some(("prod", "web")), t).await), want);
+    }
+
+    let want: BTreeMap<String, f64> =
+        [("not_found", 1.0), ("rate_limited", 2.0), ("unauthorized", 1.0)].map(|(k, v)| (k.to_string(), v)).into();
+    let q = "sum by (reason) (pullwatch_image_pull_failures_total)";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = query(prom.1, q, "reason");
+        if got == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "PromQL {q} gave {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let backoff = query(prom.1, "sum by (namespace) (pullwatch_image_pull_backoff)", "namespace");
+    // One pod, three failing images (the rate-limited one retried once): three pairs.
+    assert_eq!(backoff.get("prod"), Some(&3.0), "{backoff:?}");
+    let ok = query(prom.1, "sum(pullwatch_image_pulls_total{result=\"success\"})", "");
+    assert_eq!(ok.get(""), Some(&1.0));
+
+    // promtool agrees the exposition is valid and follows the naming conventions.
+    require("promtool");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(agent.scrape().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check metrics: {text}");
+    assert!(!text.contains("pullwatch_"), "promtool lint findings: {text}");
+}
