@@ -8,6 +8,20 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// The pullwatch binary: Cargo's path for tests; for examples (which Cargo gives none), the
+/// `pullwatch` next to the `examples/` directory the running example lives in.
+pub fn pullwatch_bin() -> PathBuf {
+    if let Some(p) = option_env!("CARGO_BIN_EXE_pullwatch") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("pullwatch"));
+    match bin {
+        Some(b) if b.exists() => b,
+        _ => panic!("pullwatch binary not found next to {}; run `cargo build --bins` first", exe.display()),
+    }
+}
+
 pub struct Agent {
     child: Option<Child>,
     pub proxy_sock: PathBuf,
@@ -37,7 +51,7 @@ impl Agent {
     pub fn start_at(sb: &Sandbox, proxy_sock: PathBuf, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log_path = sb.dir.path().join(format!("pullwatch-{}.log", addr.port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_pullwatch"))
+        let child = Command::new(pullwatch_bin())
             .arg("run")
             .arg("--cri-proxy-socket")
             .arg(&proxy_sock)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Local demo: sandboxed containerd + local registry + fault registry + the pullwatch agent as CRI
+# interposer, real pulls that succeed and fail, then the attempts table and metrics.
+# Needs root; installs its Debian packages itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo build --locked --bins --examples
+exec ./target/debug/examples/demo

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages pullwatch's build, demo and tests need. Idempotent; needs root.
+set -euo pipefail
+PACKAGES=(
+  protobuf-compiler   # protoc, for tonic-prost-build (and later containerd-client)
+  containerd runc     # the real container runtime the tests and demo pull through
+  docker-registry     # distribution 2.8: the real registry images are pushed to
+  skopeo              # pushes test images from OCI layouts
+  prometheus          # real Prometheus + promtool for the scrape/PromQL tests
+  util-linux iproute2 procps ca-certificates curl
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages (${missing[*]}); run as root" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# Debian starts packaged services on install where it can; the tests run their own instances.
+for svc in containerd prometheus docker-registry prometheus-node-exporter; do
+  systemctl stop "$svc" 2>/dev/null || true
+done
+if ! command -v cargo >/dev/null; then
+  echo "install-deps: cargo not found; install the Rust toolchain (rustup, Rust >= 1.85) first" >&2
+  exit 1
+fi

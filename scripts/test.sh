@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy, unit tests and the end-to-end tests against
+# real containerd, docker-registry and Prometheus. Needs root (containerd's CRI plugin, mount
+# namespaces); installs its Debian packages itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+# Bounded: a hang must fail the run, not eat the CI budget.
+timeout 2400 cargo test --locked --all-targets
