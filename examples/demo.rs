@@ -22,8 +22,16 @@ async fn main() {
     let web = sb.push(&app, "shop/web", "1.4.2");
     sb.fault.add("shop/web", "1.4.2", &app);
     // Not pulled before, so the rate-limited manifest GET really happens.
-    sb.fault.add("shop/cart", "2.0", &TestImage::build("demo-cart", 4096, "amd64"));
-    sb.fault.add("shop/slow", "1.0", &TestImage::build("demo-slow", 96 * 1024, "amd64"));
+    sb.fault.add(
+        "shop/cart",
+        "2.0",
+        &TestImage::build("demo-cart", 4096, "amd64"),
+    );
+    sb.fault.add(
+        "shop/slow",
+        "1.0",
+        &TestImage::build("demo-slow", 96 * 1024, "amd64"),
+    );
     let agent = Agent::start(&sb, &["--backoff-expiry", "10m"]);
     println!("pullwatch is interposing on {}", agent.proxy_sock.display());
     println!("metrics: http://{}/metrics\n", agent.addr);
@@ -34,16 +42,43 @@ async fn main() {
     let pulls: Vec<(String, (&str, &str), Duration)> = vec![
         (web.clone(), ("shop", "web-0"), t),
         (format!("{r}/shop/web:1.4.3"), ("shop", "web-1"), t),
-        (format!("{f}/ratelimited/shop/cart:2.0"), ("batch", "report-7"), t),
-        (format!("{f}/ratelimitedhead/shop/web:1.4.2"), ("batch", "report-8"), t),
-        (format!("{f}/unauthorized/shop/web:1.4.2"), ("payments", "api-0"), t),
-        (format!("{f}/error503/shop/web:1.4.2"), ("payments", "api-1"), t),
-        ("registry.corp.invalid/shop/web:1.4.2".to_string(), ("shop", "web-2"), t),
+        (
+            format!("{f}/ratelimited/shop/cart:2.0"),
+            ("batch", "report-7"),
+            t,
+        ),
+        (
+            format!("{f}/ratelimitedhead/shop/web:1.4.2"),
+            ("batch", "report-8"),
+            t,
+        ),
+        (
+            format!("{f}/unauthorized/shop/web:1.4.2"),
+            ("payments", "api-0"),
+            t,
+        ),
+        (
+            format!("{f}/error503/shop/web:1.4.2"),
+            ("payments", "api-1"),
+            t,
+        ),
+        (
+            "registry.corp.invalid/shop/web:1.4.2".to_string(),
+            ("shop", "web-2"),
+            t,
+        ),
         ("Shop/Web:latest".to_string(), ("shop", "web-3"), t),
-        (format!("{f}/slow/shop/slow:1.0"), ("batch", "etl-0"), Duration::from_secs(1)),
+        (
+            format!("{f}/slow/shop/slow:1.0"),
+            ("batch", "etl-0"),
+            Duration::from_secs(1),
+        ),
         (format!("{f}/ok/shop/web:1.4.2"), ("shop", "web-4"), t),
     ];
-    println!("{:<52} {:<20} {:>8}  {:<17} {}", "IMAGE", "POD", "SECONDS", "RESULT", "ERROR (end of message)");
+    println!(
+        "{:<52} {:<20} {:>8}  {:<17} ERROR (end of message)",
+        "IMAGE", "POD", "SECONDS", "RESULT"
+    );
     for (image, pod, timeout) in &pulls {
         let rep = pull_as(&agent.proxy_sock, image, Some(*pod), *timeout).await;
         // The cause is at the end of a runtime's nested error: show the tail.
@@ -67,7 +102,11 @@ async fn main() {
     let metrics = agent.scrape();
     println!("\n--- key metrics (from /metrics) ---");
     for line in metrics.lines() {
-        let keep = ["pullwatch_image_pulls_total", "pullwatch_image_pull_failures_total", "pullwatch_image_pull_backoff{"];
+        let keep = [
+            "pullwatch_image_pulls_total",
+            "pullwatch_image_pull_failures_total",
+            "pullwatch_image_pull_backoff{",
+        ];
         if keep.iter().any(|k| line.starts_with(k)) {
             println!("{line}");
         }
@@ -75,7 +114,11 @@ async fn main() {
     println!("\nfix hint for the rate-limited pulls (`pullwatch explain`):");
     println!("  {}", pullwatch::core::reason::Reason::RateLimited.hint());
     println!("\none event-log line (JSON, from the agent's log):");
-    if let Some(ev) = agent.pull_events().into_iter().find(|e| e["reason"] == "rate_limited") {
+    if let Some(ev) = agent
+        .pull_events()
+        .into_iter()
+        .find(|e| e["reason"] == "rate_limited")
+    {
         println!("  {ev}");
     }
 }

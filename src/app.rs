@@ -29,18 +29,29 @@ pub enum RunError {
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
+pub async fn run(
+    config: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), RunError> {
     let recorder = Arc::new(Recorder::new(&config.recorder)?);
     let ready = Readiness::default();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| RunError::Listen { addr: config.listen, source })?;
+        .map_err(|source| RunError::Listen {
+            addr: config.listen,
+            source,
+        })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
     tracing::info!(listen = %config.listen, version = crate::VERSION, "serving /metrics");
-    let http_task = tokio::spawn(http::serve(listener, recorder.clone(), ready.clone(), stopped(stop_rx.clone())));
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        recorder.clone(),
+        ready.clone(),
+        stopped(stop_rx.clone()),
+    ));
 
     let mut proxy_task = None;
     if let Some(pc) = &config.proxy {

@@ -41,7 +41,12 @@ pub struct RunArgs {
     pub cri_proxy_socket: Option<PathBuf>,
 
     /// Permission bits (octal) of the interposer socket. kubelet runs as root; keep it tight.
-    #[arg(long, env = "PULLWATCH_CRI_PROXY_SOCKET_MODE", default_value = "0660", value_name = "OCTAL")]
+    #[arg(
+        long,
+        env = "PULLWATCH_CRI_PROXY_SOCKET_MODE",
+        default_value = "0660",
+        value_name = "OCTAL"
+    )]
     pub cri_proxy_socket_mode: String,
 
     /// The container runtime's CRI socket the interposer forwards to.
@@ -54,28 +59,58 @@ pub struct RunArgs {
     pub runtime_socket: PathBuf,
 
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
-    #[arg(long, env = "PULLWATCH_LISTEN", default_value = "0.0.0.0:9798", value_name = "HOST:PORT")]
+    #[arg(
+        long,
+        env = "PULLWATCH_LISTEN",
+        default_value = "0.0.0.0:9798",
+        value_name = "HOST:PORT"
+    )]
     pub listen: String,
 
     /// Limit for connecting to the runtime socket before callers get UNAVAILABLE.
-    #[arg(long, env = "PULLWATCH_CONNECT_TIMEOUT", default_value = "2s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "PULLWATCH_CONNECT_TIMEOUT",
+        default_value = "2s",
+        value_name = "DURATION"
+    )]
     pub connect_timeout: String,
 
     /// On SIGTERM, how long in-flight CRI calls may take to finish.
-    #[arg(long, env = "PULLWATCH_SHUTDOWN_GRACE", default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "PULLWATCH_SHUTDOWN_GRACE",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub shutdown_grace: String,
 
     /// A failing pod/image pair leaves `pullwatch_image_pull_backoff` after this long without a
     /// new attempt (kubelet's backoff caps at 5m, so a pair still retrying comes back sooner).
-    #[arg(long, env = "PULLWATCH_BACKOFF_EXPIRY", default_value = "10m", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "PULLWATCH_BACKOFF_EXPIRY",
+        default_value = "10m",
+        value_name = "DURATION"
+    )]
     pub backoff_expiry: String,
 
     /// Distinct `registry` label values kept; later ones are counted as `other`.
-    #[arg(long, env = "PULLWATCH_MAX_REGISTRIES", default_value_t = 100, value_name = "N")]
+    #[arg(
+        long,
+        env = "PULLWATCH_MAX_REGISTRIES",
+        default_value_t = 100,
+        value_name = "N"
+    )]
     pub max_registries: usize,
 
     /// Distinct `namespace` label values kept; later ones are counted as `other`.
-    #[arg(long, env = "PULLWATCH_MAX_NAMESPACES", default_value_t = 1000, value_name = "N")]
+    #[arg(
+        long,
+        env = "PULLWATCH_MAX_NAMESPACES",
+        default_value_t = 1000,
+        value_name = "N"
+    )]
     pub max_namespaces: usize,
 
     /// Also export `pullwatch_image_pulls_by_image_total` with an `image` label (off by default:
@@ -84,7 +119,12 @@ pub struct RunArgs {
     pub image_label: bool,
 
     /// With --image-label: distinct images kept before the rest are counted as `other`.
-    #[arg(long, env = "PULLWATCH_IMAGE_LABEL_CAP", default_value_t = 100, value_name = "N")]
+    #[arg(
+        long,
+        env = "PULLWATCH_IMAGE_LABEL_CAP",
+        default_value_t = 100,
+        value_name = "N"
+    )]
     pub image_label_cap: usize,
 
     /// Log format (pull events are one structured line each).
@@ -92,7 +132,12 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 
     /// Log filter in RUST_LOG syntax, e.g. `info` or `info,pullwatch=debug`.
-    #[arg(long, env = "PULLWATCH_LOG_LEVEL", default_value = "info", value_name = "FILTER")]
+    #[arg(
+        long,
+        env = "PULLWATCH_LOG_LEVEL",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
     pub log_level: String,
 }
 

@@ -25,8 +25,12 @@ fn err(flag: &'static str, problem: impl Into<String>) -> ConfigError {
 
 /// Parses a human duration such as `500ms`, `10s`, `5m`.
 pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(value.trim())
-        .map_err(|e| err(flag, format!("invalid duration {value:?} ({e}); use e.g. 500ms, 10s, 5m")))
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        err(
+            flag,
+            format!("invalid duration {value:?} ({e}); use e.g. 500ms, 10s, 5m"),
+        )
+    })
 }
 
 /// The agent's configuration.
@@ -47,15 +51,28 @@ pub struct RunConfig {
 impl RunConfig {
     /// Validates `args`.
     pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
-        let listen: SocketAddr = args
-            .listen
-            .parse()
-            .map_err(|e| err("listen", format!("invalid address {:?} ({e}); use HOST:PORT, e.g. 0.0.0.0:9798", args.listen)))?;
+        let listen: SocketAddr = args.listen.parse().map_err(|e| {
+            err(
+                "listen",
+                format!(
+                    "invalid address {:?} ({e}); use HOST:PORT, e.g. 0.0.0.0:9798",
+                    args.listen
+                ),
+            )
+        })?;
         let mode_str = args.cri_proxy_socket_mode.trim_start_matches("0o");
         let socket_mode = u32::from_str_radix(mode_str, 8)
             .ok()
             .filter(|m| *m <= 0o777)
-            .ok_or_else(|| err("cri-proxy-socket-mode", format!("invalid octal mode {:?}; use e.g. 0660", args.cri_proxy_socket_mode)))?;
+            .ok_or_else(|| {
+                err(
+                    "cri-proxy-socket-mode",
+                    format!(
+                        "invalid octal mode {:?}; use e.g. 0660",
+                        args.cri_proxy_socket_mode
+                    ),
+                )
+            })?;
         let connect_timeout = parse_duration("connect-timeout", &args.connect_timeout)?;
         if connect_timeout.is_zero() {
             return Err(err("connect-timeout", "must be greater than 0"));
@@ -78,9 +95,14 @@ impl RunConfig {
             return Err(err("runtime-socket", "must not be empty"));
         }
         let proxy = match &args.cri_proxy_socket {
-            Some(p) if p.as_os_str().is_empty() => return Err(err("cri-proxy-socket", "must not be empty")),
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(err("cri-proxy-socket", "must not be empty"));
+            }
             Some(p) if p == &args.runtime_socket => {
-                return Err(err("cri-proxy-socket", "must differ from --runtime-socket (it would forward to itself)"));
+                return Err(err(
+                    "cri-proxy-socket",
+                    "must differ from --runtime-socket (it would forward to itself)",
+                ));
             }
             Some(p) => Some(ProxyConfig {
                 listen_socket: p.clone(),
@@ -97,8 +119,12 @@ impl RunConfig {
                 "no source enabled: pass --cri-proxy-socket PATH to run the CRI interposer",
             ));
         }
-        tracing_subscriber::EnvFilter::try_new(&args.log_level)
-            .map_err(|e| err("log-level", format!("invalid filter {:?}: {e}", args.log_level)))?;
+        tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| {
+            err(
+                "log-level",
+                format!("invalid filter {:?}: {e}", args.log_level),
+            )
+        })?;
         Ok(Self {
             proxy,
             listen,
@@ -144,27 +170,50 @@ mod tests {
     fn bad_values_name_the_flag() {
         let cases: &[(&[&str], &str)] = &[
             (&["--listen", "nope"], "--listen: invalid address"),
-            (&["--cri-proxy-socket-mode", "999"], "--cri-proxy-socket-mode"),
-            (&["--connect-timeout", "fast"], "--connect-timeout: invalid duration"),
-            (&["--backoff-expiry", "0s"], "--backoff-expiry: must be greater than 0"),
-            (&["--max-registries", "0"], "--max-registries: must be at least 1"),
-            (&["--runtime-socket", "/run/pw.sock"], "must differ from --runtime-socket"),
+            (
+                &["--cri-proxy-socket-mode", "999"],
+                "--cri-proxy-socket-mode",
+            ),
+            (
+                &["--connect-timeout", "fast"],
+                "--connect-timeout: invalid duration",
+            ),
+            (
+                &["--backoff-expiry", "0s"],
+                "--backoff-expiry: must be greater than 0",
+            ),
+            (
+                &["--max-registries", "0"],
+                "--max-registries: must be at least 1",
+            ),
+            (
+                &["--runtime-socket", "/run/pw.sock"],
+                "must differ from --runtime-socket",
+            ),
             (&["--log-level", "=[bad"], "--log-level"),
         ];
         for (extra, want) in cases {
             let mut argv = vec!["--cri-proxy-socket", "/run/pw.sock"];
             argv.extend_from_slice(extra);
-            let e = RunConfig::from_args(&run_args(&argv)).unwrap_err().to_string();
+            let e = RunConfig::from_args(&run_args(&argv))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(want), "{extra:?}: {e}");
         }
-        let e = RunConfig::from_args(&run_args(&[])).unwrap_err().to_string();
+        let e = RunConfig::from_args(&run_args(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no source enabled"), "{e}");
     }
 
     #[test]
     fn image_label_flag_sets_cap() {
         let c = RunConfig::from_args(&run_args(&[
-            "--cri-proxy-socket", "/x.sock", "--image-label", "--image-label-cap", "7",
+            "--cri-proxy-socket",
+            "/x.sock",
+            "--image-label",
+            "--image-label-cap",
+            "7",
         ]))
         .unwrap();
         assert_eq!(c.recorder.image_label_cap, Some(7));

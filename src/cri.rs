@@ -7,7 +7,13 @@ tonic::include_proto!("runtime.v1");
 /// Redacting `Debug`: shows which credential fields are set, never their values.
 impl std::fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let set = |s: &str| if s.is_empty() { "<empty>" } else { "<redacted>" };
+        let set = |s: &str| {
+            if s.is_empty() {
+                "<empty>"
+            } else {
+                "<redacted>"
+            }
+        };
         f.debug_struct("AuthConfig")
             .field("username", &set(&self.username))
             .field("password", &set(&self.password))

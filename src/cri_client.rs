@@ -38,17 +38,20 @@ impl CriClient {
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, ConnectError> {
         let socket = path.to_path_buf();
         // The URI is required by the builder but unused: the connector dials the socket.
-        let channel = Endpoint::from_static("http://localhost")
-            .connect_timeout(timeout)
-            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-                let socket = socket.clone();
-                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
-            }))
-            .await
-            .map_err(|source| ConnectError {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let channel =
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                    let socket = socket.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?))
+                    }
+                }))
+                .await
+                .map_err(|source| ConnectError {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
         Ok(Self::from_channel(channel))
     }
 

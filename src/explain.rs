@@ -8,7 +8,9 @@ use std::io::{BufRead, Write};
 #[derive(Debug, thiserror::Error)]
 pub enum ExplainError {
     /// The message argument is blank.
-    #[error("the error message is empty; pass the text from `kubectl describe pod`, or pipe messages on stdin")]
+    #[error(
+        "the error message is empty; pass the text from `kubectl describe pod`, or pipe messages on stdin"
+    )]
     Empty,
     /// Standard input could not be read (e.g. not UTF-8).
     #[error("reading standard input, line {line}: {source}")]
@@ -32,11 +34,19 @@ struct Explanation {
 }
 
 fn json_line(reason: Reason) -> String {
-    serde_json::json!(Explanation { reason, hint: reason.hint() }).to_string()
+    serde_json::json!(Explanation {
+        reason,
+        hint: reason.hint()
+    })
+    .to_string()
 }
 
 /// Explains one message to `out`.
-pub fn explain_one(message: &str, json: bool, out: &mut impl Write) -> Result<Reason, ExplainError> {
+pub fn explain_one(
+    message: &str,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<Reason, ExplainError> {
     if message.trim().is_empty() {
         return Err(ExplainError::Empty);
     }
@@ -51,10 +61,17 @@ pub fn explain_one(message: &str, json: bool, out: &mut impl Write) -> Result<Re
 
 /// Explains each non-blank line of `input`: JSON lines with `json`, else `reason<TAB>message`.
 /// Returns the number of messages explained.
-pub fn explain_lines(input: impl BufRead, json: bool, out: &mut impl Write) -> Result<usize, ExplainError> {
+pub fn explain_lines(
+    input: impl BufRead,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<usize, ExplainError> {
     let mut n = 0;
     for (i, line) in input.lines().enumerate() {
-        let line = line.map_err(|source| ExplainError::Read { line: i + 1, source })?;
+        let line = line.map_err(|source| ExplainError::Read {
+            line: i + 1,
+            source,
+        })?;
         if line.trim().is_empty() {
             continue;
         }
@@ -76,16 +93,29 @@ mod tests {
     #[test]
     fn one_message_text_and_json() {
         let mut out = Vec::new();
-        let r = explain_one("toomanyrequests: You have reached your pull rate limit", false, &mut out).unwrap();
+        let r = explain_one(
+            "toomanyrequests: You have reached your pull rate limit",
+            false,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(r, Reason::RateLimited);
         let s = String::from_utf8(out).unwrap();
         assert!(s.starts_with("reason: rate_limited\nhint: "), "{s}");
         let mut out = Vec::new();
-        explain_one("x509: certificate signed by unknown authority", true, &mut out).unwrap();
+        explain_one(
+            "x509: certificate signed by unknown authority",
+            true,
+            &mut out,
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["reason"], "tls");
         assert_eq!(v["hint"], Reason::Tls.hint());
-        assert!(matches!(explain_one("  ", true, &mut Vec::new()), Err(ExplainError::Empty)));
+        assert!(matches!(
+            explain_one("  ", true, &mut Vec::new()),
+            Err(ExplainError::Empty)
+        ));
     }
 
     #[test]

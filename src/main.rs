@@ -32,7 +32,10 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("starting the async runtime: {e}")),
     };
@@ -53,9 +56,14 @@ fn main() -> ExitCode {
             let result = match &args.message {
                 Some(m) => explain::explain_one(m, args.json, &mut out).map(|_| ()),
                 None if std::io::stdin().is_terminal() => {
-                    return fail(EX_USAGE, "explain: give a message argument or pipe messages on stdin");
+                    return fail(
+                        EX_USAGE,
+                        "explain: give a message argument or pipe messages on stdin",
+                    );
                 }
-                None => explain::explain_lines(std::io::stdin().lock(), args.json, &mut out).map(|_| ()),
+                None => {
+                    explain::explain_lines(std::io::stdin().lock(), args.json, &mut out).map(|_| ())
+                }
             };
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -70,17 +78,22 @@ fn main() -> ExitCode {
                 Err(e) => return fail(EX_USAGE, e),
             };
             rt.block_on(async {
-                let mut client = match CriClient::connect(&args.runtime_socket, Duration::from_secs(5)).await {
-                    Ok(c) => c,
-                    Err(e) => return fail(EX_UNAVAILABLE, e),
-                };
+                let mut client =
+                    match CriClient::connect(&args.runtime_socket, Duration::from_secs(5)).await {
+                        Ok(c) => c,
+                        Err(e) => return fail(EX_UNAVAILABLE, e),
+                    };
                 let report = pull(&mut client, &req).await;
                 if args.json {
                     println!("{}", report.to_json());
                 } else {
                     print!("{}", report.to_text());
                 }
-                if report.outcome.reason().is_none() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                if report.outcome.reason().is_none() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             })
         }
     }

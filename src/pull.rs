@@ -47,21 +47,26 @@ impl PullRequest {
     /// Builds the request from command-line flags.
     pub fn from_args(args: &PullArgs) -> Result<Self, crate::config::ConfigError> {
         let timeout = crate::config::parse_duration("timeout", &args.timeout)?;
-        let auth = (args.username.is_some() || args.password.is_some() || args.auth.is_some() || args.registry_token.is_some())
-            .then(|| AuthConfig {
-                username: args.username.clone().unwrap_or_default(),
-                password: args.password.clone().unwrap_or_default(),
-                auth: args.auth.clone().unwrap_or_default(),
-                registry_token: args.registry_token.clone().unwrap_or_default(),
-                ..Default::default()
-            });
-        let pod = (args.pod_namespace.is_some() || args.pod_name.is_some() || args.pod_uid.is_some()).then(|| {
-            (
-                args.pod_namespace.clone().unwrap_or_default(),
-                args.pod_name.clone().unwrap_or_default(),
-                args.pod_uid.clone().unwrap_or_default(),
-            )
+        let auth = (args.username.is_some()
+            || args.password.is_some()
+            || args.auth.is_some()
+            || args.registry_token.is_some())
+        .then(|| AuthConfig {
+            username: args.username.clone().unwrap_or_default(),
+            password: args.password.clone().unwrap_or_default(),
+            auth: args.auth.clone().unwrap_or_default(),
+            registry_token: args.registry_token.clone().unwrap_or_default(),
+            ..Default::default()
         });
+        let pod =
+            (args.pod_namespace.is_some() || args.pod_name.is_some() || args.pod_uid.is_some())
+                .then(|| {
+                    (
+                        args.pod_namespace.clone().unwrap_or_default(),
+                        args.pod_name.clone().unwrap_or_default(),
+                        args.pod_uid.clone().unwrap_or_default(),
+                    )
+                });
         Ok(Self {
             image: args.image.clone(),
             auth,
@@ -79,14 +84,17 @@ pub async fn pull(client: &mut CriClient, req: &PullRequest) -> PullReport {
             ..Default::default()
         }),
         auth: req.auth.clone(),
-        sandbox_config: req.pod.as_ref().map(|(namespace, name, uid)| PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.clone(),
-                uid: uid.clone(),
-                namespace: namespace.clone(),
-                attempt: 0,
+        sandbox_config: req
+            .pod
+            .as_ref()
+            .map(|(namespace, name, uid)| PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: name.clone(),
+                    uid: uid.clone(),
+                    namespace: namespace.clone(),
+                    attempt: 0,
+                }),
             }),
-        }),
     });
     if let Some(t) = req.timeout {
         request.set_timeout(t);
@@ -99,7 +107,9 @@ pub async fn pull(client: &mut CriClient, req: &PullRequest) -> PullReport {
             image_ref: resp.into_inner().image_ref,
         },
         // tonic reports an unreachable socket as UNAVAILABLE with a transport message.
-        Err(status) if status.code() == Code::Unavailable && status.message().contains("transport") => {
+        Err(status)
+            if status.code() == Code::Unavailable && status.message().contains("transport") =>
+        {
             Outcome::Failure {
                 code: status.code(),
                 message: status.message().to_string(),
@@ -130,9 +140,16 @@ impl PullReport {
         let secs = self.duration.as_secs_f64();
         match &self.outcome {
             Outcome::Success { image_ref } => {
-                format!("pulled {} in {secs:.3}s\nimage ref: {image_ref}\n", self.image)
+                format!(
+                    "pulled {} in {secs:.3}s\nimage ref: {image_ref}\n",
+                    self.image
+                )
             }
-            Outcome::Failure { code, message, reason } => format!(
+            Outcome::Failure {
+                code,
+                message,
+                reason,
+            } => format!(
                 "pull of {} failed after {secs:.3}s\nreason: {reason}\ngrpc code: {}\nerror: {message}\nhint: {}\n",
                 self.image,
                 crate::grpc::status::code_name(*code),
@@ -150,7 +167,11 @@ impl PullReport {
         });
         match &self.outcome {
             Outcome::Success { image_ref } => v["image_ref"] = image_ref.clone().into(),
-            Outcome::Failure { code, message, reason } => {
+            Outcome::Failure {
+                code,
+                message,
+                reason,
+            } => {
                 v["reason"] = reason.as_str().into();
                 v["grpc_code"] = crate::grpc::status::code_name(*code).into();
                 v["error"] = message.clone().into();

@@ -61,7 +61,9 @@ impl Recorder {
             backoff: Mutex::new(BackoffTracker::new(config.backoff_expiry)),
             registries: LabelGuard::new("registry", config.max_registries),
             namespaces: LabelGuard::new("namespace", config.max_namespaces),
-            images: config.image_label_cap.map(|cap| LabelGuard::new("image", cap)),
+            images: config
+                .image_label_cap
+                .map(|cap| LabelGuard::new("image", cap)),
         })
     }
 
@@ -93,7 +95,10 @@ impl Recorder {
     pub fn record(&self, attempt: &PullAttempt) {
         let registry = self.admit(&self.registries, attempt.registry());
         let result = attempt.outcome.result_label();
-        self.metrics.pulls.with_label_values(&[registry, result]).inc();
+        self.metrics
+            .pulls
+            .with_label_values(&[registry, result])
+            .inc();
         self.metrics
             .pull_duration
             .with_label_values(&[registry, result])
@@ -159,7 +164,11 @@ mod tests {
         PullAttempt {
             image: image.into(),
             reference: ImageRef::parse(image).ok(),
-            pod: Some(PodRef { namespace: ns.into(), name: "p".into(), uid: "u".into() }),
+            pod: Some(PodRef {
+                namespace: ns.into(),
+                name: "p".into(),
+                uid: "u".into(),
+            }),
             started_at: SystemTime::now(),
             duration: Duration::from_millis(1500),
             outcome,
@@ -170,8 +179,18 @@ mod tests {
     #[test]
     fn records_counts_histogram_failures_and_backoff() {
         let r = Recorder::new(&RecorderConfig::default()).unwrap();
-        r.record(&attempt("nginx", "web", Outcome::Success { image_ref: "sha256:a".into() }));
-        r.record(&attempt("quay.io/x/y:1", "web", Outcome::failure(Code::Unknown, "y:1: not found")));
+        r.record(&attempt(
+            "nginx",
+            "web",
+            Outcome::Success {
+                image_ref: "sha256:a".into(),
+            },
+        ));
+        r.record(&attempt(
+            "quay.io/x/y:1",
+            "web",
+            Outcome::failure(Code::Unknown, "y:1: not found"),
+        ));
         let text = r.render();
         for line in [
             "pullwatch_image_pulls_total{registry=\"docker.io\",result=\"success\"} 1",
@@ -187,25 +206,47 @@ mod tests {
 
     #[test]
     fn caps_overflow_to_other_and_are_counted() {
-        let cfg = RecorderConfig { max_registries: 1, image_label_cap: Some(1), ..Default::default() };
+        let cfg = RecorderConfig {
+            max_registries: 1,
+            image_label_cap: Some(1),
+            ..Default::default()
+        };
         let r = Recorder::new(&cfg).unwrap();
-        let ok = || Outcome::Success { image_ref: "x".into() };
+        let ok = || Outcome::Success {
+            image_ref: "x".into(),
+        };
         r.record(&attempt("a.io/x", "n", ok()));
         r.record(&attempt("b.io/x", "n", ok()));
         r.record(&attempt("c.io/x", "n", ok()));
         let text = r.render();
-        assert!(text.contains("pullwatch_image_pulls_total{registry=\"other\",result=\"success\"} 2"), "{text}");
-        assert!(text.contains("pullwatch_label_overflow_total{label=\"registry\"} 2"), "{text}");
-        assert!(text.contains("pullwatch_image_pulls_by_image_total{image=\"a.io/x:latest\",result=\"success\"} 1"));
-        assert!(text.contains("pullwatch_image_pulls_by_image_total{image=\"other\",result=\"success\"} 2"));
+        assert!(
+            text.contains("pullwatch_image_pulls_total{registry=\"other\",result=\"success\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pullwatch_label_overflow_total{label=\"registry\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "pullwatch_image_pulls_by_image_total{image=\"a.io/x:latest\",result=\"success\"} 1"
+        ));
+        assert!(text.contains(
+            "pullwatch_image_pulls_by_image_total{image=\"other\",result=\"success\"} 2"
+        ));
     }
 
     #[test]
     fn in_flight_guard_counts_up_and_down() {
         let r = Recorder::new(&RecorderConfig::default()).unwrap();
         let g = r.pull_started("docker.io");
-        assert!(r.render().contains("pullwatch_image_pulls_in_flight{registry=\"docker.io\"} 1"));
+        assert!(
+            r.render()
+                .contains("pullwatch_image_pulls_in_flight{registry=\"docker.io\"} 1")
+        );
         drop(g);
-        assert!(r.render().contains("pullwatch_image_pulls_in_flight{registry=\"docker.io\"} 0"));
+        assert!(
+            r.render()
+                .contains("pullwatch_image_pulls_in_flight{registry=\"docker.io\"} 0")
+        );
     }
 }

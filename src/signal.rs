@@ -4,7 +4,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown() {
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(t), Ok(i)) => (t, i),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot install signal handlers; stop with SIGKILL");

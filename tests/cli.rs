@@ -10,13 +10,22 @@ use std::process::{Command, Output, Stdio};
 fn pullwatch(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pullwatch"))
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     child.wait_with_output().unwrap()
 }
@@ -27,25 +36,44 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn explain_prints_reason_and_hint() {
-    let o = pullwatch(&["explain", "--json", "429 Too Many Requests - Server message: toomanyrequests"], None);
+    let o = pullwatch(
+        &[
+            "explain",
+            "--json",
+            "429 Too Many Requests - Server message: toomanyrequests",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["reason"], "rate_limited");
     assert!(v["hint"].as_str().unwrap().contains("ratelimit-remaining"));
-    let o = pullwatch(&["explain", "dial tcp: lookup reg.corp on 10.0.0.10:53: no such host"], None);
+    let o = pullwatch(
+        &[
+            "explain",
+            "dial tcp: lookup reg.corp on 10.0.0.10:53: no such host",
+        ],
+        None,
+    );
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(out.starts_with("reason: dns\nhint: "), "{out}");
 }
 
 #[test]
 fn explain_reads_stdin_one_json_object_per_line() {
-    let input = "x509: certificate signed by unknown authority\n\nfoo:1: not found\nsomething odd\n";
+    let input =
+        "x509: certificate signed by unknown authority\n\nfoo:1: not found\nsomething odd\n";
     let o = pullwatch(&["explain", "--json"], Some(input));
     assert!(o.status.success(), "{}", stderr(&o));
     let reasons: Vec<String> = String::from_utf8(o.stdout)
         .unwrap()
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(reasons, ["tls", "not_found", "unknown"]);
 }
@@ -55,8 +83,26 @@ fn bad_input_and_config_exit_64_with_one_line() {
     for (args, needle) in [
         (&["explain", "  "][..], "message is empty"),
         (&["run"][..], "--cri-proxy-socket"),
-        (&["run", "--cri-proxy-socket", "/tmp/x.sock", "--listen", "nowhere"][..], "--listen"),
-        (&["run", "--cri-proxy-socket", "/tmp/x.sock", "--backoff-expiry", "soon"][..], "--backoff-expiry"),
+        (
+            &[
+                "run",
+                "--cri-proxy-socket",
+                "/tmp/x.sock",
+                "--listen",
+                "nowhere",
+            ][..],
+            "--listen",
+        ),
+        (
+            &[
+                "run",
+                "--cri-proxy-socket",
+                "/tmp/x.sock",
+                "--backoff-expiry",
+                "soon",
+            ][..],
+            "--backoff-expiry",
+        ),
         (&["pull", "nginx", "--timeout", "forever"][..], "--timeout"),
         (&["frobnicate"][..], "frobnicate"),
     ] {
@@ -65,7 +111,11 @@ fn bad_input_and_config_exit_64_with_one_line() {
         let e = stderr(&o);
         assert!(e.contains(needle), "{args:?}: {e}");
         if args[0] != "frobnicate" {
-            assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: one line, got {e}");
+            assert_eq!(
+                e.trim_end().lines().count(),
+                1,
+                "{args:?}: one line, got {e}"
+            );
         }
     }
 }
@@ -76,7 +126,15 @@ fn run_refuses_to_replace_a_regular_file() {
     let file = dir.path().join("not-a-socket");
     std::fs::write(&file, "keep me").unwrap();
     let o = pullwatch(
-        &["run", "--cri-proxy-socket", file.to_str().unwrap(), "--listen", "127.0.0.1:0", "--runtime-socket", "/nonexistent.sock"],
+        &[
+            "run",
+            "--cri-proxy-socket",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--runtime-socket",
+            "/nonexistent.sock",
+        ],
         None,
     );
     assert_eq!(o.status.code(), Some(1));
@@ -86,7 +144,15 @@ fn run_refuses_to_replace_a_regular_file() {
 
 #[test]
 fn pull_to_a_missing_socket_is_unavailable() {
-    let o = pullwatch(&["pull", "nginx", "--runtime-socket", "/nonexistent/pullwatch.sock"], None);
+    let o = pullwatch(
+        &[
+            "pull",
+            "nginx",
+            "--runtime-socket",
+            "/nonexistent/pullwatch.sock",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
     assert!(stderr(&o).contains("/nonexistent/pullwatch.sock"));
 }
@@ -101,7 +167,10 @@ fn help_explains_every_command() {
     }
     let o = pullwatch(&["run", "--help"], None);
     let h = String::from_utf8(o.stdout).unwrap();
-    assert!(h.contains("PULLWATCH_CRI_PROXY_SOCKET") && h.contains("imageServiceEndpoint"), "{h}");
+    assert!(
+        h.contains("PULLWATCH_CRI_PROXY_SOCKET") && h.contains("imageServiceEndpoint"),
+        "{h}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,5 +187,8 @@ async fn pull_command_against_real_containerd() {
     let o = pullwatch(&["pull", &missing, "--runtime-socket", &sock], None);
     assert_eq!(o.status.code(), Some(1));
     let out = String::from_utf8(o.stdout).unwrap();
-    assert!(out.contains("reason: not_found") && out.contains("hint: "), "{out}");
+    assert!(
+        out.contains("reason: not_found") && out.contains("hint: "),
+        "{out}"
+    );
 }

@@ -37,7 +37,10 @@ fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> Prometheus {
     .unwrap();
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
@@ -54,7 +57,10 @@ fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> Prometheus {
 
 /// Runs an instant query; returns `label value -> sample value` for `by_label`.
 fn query(prom: SocketAddr, q: &str, by_label: &str) -> BTreeMap<String, f64> {
-    let path = format!("/api/v1/query?query={}", utf8_percent_encode(q, NON_ALPHANUMERIC));
+    let path = format!(
+        "/api/v1/query?query={}",
+        utf8_percent_encode(q, NON_ALPHANUMERIC)
+    );
     let (status, body) = http_get(prom, &path).unwrap();
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -89,11 +95,19 @@ async fn prometheus_scrapes_failures_by_reason() {
         (format!("{}/team/app:missing", sb.registry), "not_found"),
         (format!("{f}/forbidden/team/app:1"), "unauthorized"),
     ] {
-        assert_eq!(reason_of(&pull_as(s, &image, Some(("prod", "web")), t).await), want);
+        assert_eq!(
+            reason_of(&pull_as(s, &image, Some(("prod", "web")), t).await),
+            want
+        );
     }
 
-    let want: BTreeMap<String, f64> =
-        [("not_found", 1.0), ("rate_limited", 2.0), ("unauthorized", 1.0)].map(|(k, v)| (k.to_string(), v)).into();
+    let want: BTreeMap<String, f64> = [
+        ("not_found", 1.0),
+        ("rate_limited", 2.0),
+        ("unauthorized", 1.0),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .into();
     let q = "sum by (reason) (pullwatch_image_pull_failures_total)";
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -101,13 +115,24 @@ async fn prometheus_scrapes_failures_by_reason() {
         if got == want {
             break;
         }
-        assert!(Instant::now() < deadline, "PromQL {q} gave {got:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "PromQL {q} gave {got:?}, want {want:?}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let backoff = query(prom.1, "sum by (namespace) (pullwatch_image_pull_backoff)", "namespace");
+    let backoff = query(
+        prom.1,
+        "sum by (namespace) (pullwatch_image_pull_backoff)",
+        "namespace",
+    );
     // One pod, three failing images (the rate-limited one retried once): three pairs.
     assert_eq!(backoff.get("prod"), Some(&3.0), "{backoff:?}");
-    let ok = query(prom.1, "sum(pullwatch_image_pulls_total{result=\"success\"})", "");
+    let ok = query(
+        prom.1,
+        "sum(pullwatch_image_pulls_total{result=\"success\"})",
+        "",
+    );
     assert_eq!(ok.get(""), Some(&1.0));
 
     // promtool agrees the exposition is valid and follows the naming conventions.
@@ -119,9 +144,21 @@ async fn prometheus_scrapes_failures_by_reason() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(agent.scrape().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(agent.scrape().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "promtool check metrics: {text}");
-    assert!(!text.contains("pullwatch_"), "promtool lint findings: {text}");
+    assert!(
+        !text.contains("pullwatch_"),
+        "promtool lint findings: {text}"
+    );
 }

@@ -22,11 +22,17 @@ struct Anything {}
 
 async fn raw_unary(c: &CriClient, path: &'static str) -> Result<(), tonic::Status> {
     let mut grpc = tonic::client::Grpc::new(c.channel.clone());
-    grpc.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let codec = tonic_prost::ProstCodec::<Anything, Anything>::default();
-    grpc.unary(tonic::Request::new(Anything {}), http::uri::PathAndQuery::from_static(path), codec)
+    grpc.ready()
         .await
-        .map(|_| ())
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Anything, Anything>::default();
+    grpc.unary(
+        tonic::Request::new(Anything {}),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(|_| ())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,31 +46,59 @@ async fn backoff_gauge_rises_on_failures_and_falls_on_success_and_expiry() {
     let limited = format!("{}/ratelimitedhead/team/app:1.0", sb.fault.host());
 
     for _ in 0..3 {
-        assert_eq!(reason_of(&pull_as(s, &missing, Some(("shop", "web-1")), T).await), "not_found");
+        assert_eq!(
+            reason_of(&pull_as(s, &missing, Some(("shop", "web-1")), T).await),
+            "not_found"
+        );
     }
-    assert_eq!(reason_of(&pull_as(s, &missing, Some(("shop", "web-2")), T).await), "not_found");
-    assert_eq!(reason_of(&pull_as(s, &limited, Some(("batch", "job-1")), T).await), "rate_limited");
+    assert_eq!(
+        reason_of(&pull_as(s, &missing, Some(("shop", "web-2")), T).await),
+        "not_found"
+    );
+    assert_eq!(
+        reason_of(&pull_as(s, &limited, Some(("batch", "job-1")), T).await),
+        "rate_limited"
+    );
     // Pulls outside any pod (crictl-style) are never "in backoff".
     assert_eq!(reason_of(&pull_as(s, &missing, None, T).await), "not_found");
     let m = agent.scrape();
     let reg = sb.registry.as_str();
     let backoff = |m: &str, ns: &str, reason: &str| {
-        sum(m, "pullwatch_image_pull_backoff", &[("namespace", ns), ("reason", reason)])
+        sum(
+            m,
+            "pullwatch_image_pull_backoff",
+            &[("namespace", ns), ("reason", reason)],
+        )
     };
     assert_eq!(backoff(&m, "shop", "not_found"), 2.0, "{m}");
-    assert_eq!(sum(&m, "pullwatch_image_pull_backoff", &[("namespace", "shop"), ("registry", reg)]), 2.0);
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_backoff",
+            &[("namespace", "shop"), ("registry", reg)]
+        ),
+        2.0
+    );
     assert_eq!(backoff(&m, "batch", "rate_limited"), 1.0);
     assert_eq!(sum(&m, "pullwatch_image_pull_backoff", &[]), 3.0);
 
     // The image appears; web-1's retry succeeds and leaves the gauge.
     let t_push = Instant::now();
     sb.push(&img, "team/later", "1.0");
-    assert_eq!(reason_of(&pull_as(s, &missing, Some(("shop", "web-1")), T).await), "success");
+    assert_eq!(
+        reason_of(&pull_as(s, &missing, Some(("shop", "web-1")), T).await),
+        "success"
+    );
     let m = agent.scrape();
     assert_eq!(backoff(&m, "shop", "not_found"), 1.0, "{m}");
     // Nobody retries the rest: they expire after --backoff-expiry.
-    let m = agent.scrape_until("backoff expiry", |m| sum(m, "pullwatch_image_pull_backoff", &[]) == 0.0);
-    assert!(t_push.elapsed() >= Duration::from_secs(2), "expired too early:\n{m}");
+    let m = agent.scrape_until("backoff expiry", |m| {
+        sum(m, "pullwatch_image_pull_backoff", &[]) == 0.0
+    });
+    assert!(
+        t_push.elapsed() >= Duration::from_secs(2),
+        "expired too early:\n{m}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,20 +109,52 @@ async fn other_unknown_and_streaming_methods_pass_through_unchanged() {
     let mut proxied = CriClient::connect(&agent.proxy_sock, T).await.unwrap();
 
     // Typed calls answer the same through the interposer as directly.
-    let v_direct = direct.runtime.version(VersionRequest::default()).await.unwrap().into_inner();
-    let v_proxied = proxied.runtime.version(VersionRequest::default()).await.unwrap().into_inner();
+    let v_direct = direct
+        .runtime
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let v_proxied = proxied
+        .runtime
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(v_direct, v_proxied);
     assert_eq!(v_proxied.runtime_name, "containerd");
-    proxied.images.list_images(ListImagesRequest::default()).await.unwrap();
-    proxied.images.image_fs_info(ImageFsInfoRequest {}).await.unwrap();
+    proxied
+        .images
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap();
+    proxied
+        .images
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap();
 
     // A CRI method pullwatch has no types for, and one nobody implements.
-    let r = tokio::time::timeout(T, raw_unary(&proxied, "/runtime.v1.RuntimeService/ListContainers")).await;
-    assert!(matches!(r, Ok(Ok(()))), "ListContainers through the interposer: {r:?}");
-    let e_direct = raw_unary(&direct, "/runtime.v1.ImageService/NoSuchMethod").await.unwrap_err();
-    let e_proxied = raw_unary(&proxied, "/runtime.v1.ImageService/NoSuchMethod").await.unwrap_err();
+    let r = tokio::time::timeout(
+        T,
+        raw_unary(&proxied, "/runtime.v1.RuntimeService/ListContainers"),
+    )
+    .await;
+    assert!(
+        matches!(r, Ok(Ok(()))),
+        "ListContainers through the interposer: {r:?}"
+    );
+    let e_direct = raw_unary(&direct, "/runtime.v1.ImageService/NoSuchMethod")
+        .await
+        .unwrap_err();
+    let e_proxied = raw_unary(&proxied, "/runtime.v1.ImageService/NoSuchMethod")
+        .await
+        .unwrap_err();
     assert_eq!(e_proxied.code(), Code::Unimplemented);
-    assert_eq!((e_proxied.code(), e_proxied.message()), (e_direct.code(), e_direct.message()));
+    assert_eq!(
+        (e_proxied.code(), e_proxied.message()),
+        (e_direct.code(), e_direct.message())
+    );
 
     // Server streaming: containerd's event stream on the same socket, through the interposer.
     let mut grpc = tonic::client::Grpc::new(proxied.channel.clone());
@@ -107,9 +173,16 @@ async fn other_unknown_and_streaming_methods_pass_through_unchanged() {
         http::uri::PathAndQuery::from_static("/containerd.services.events.v1.Events/Subscribe"),
         codec,
     );
-    let mut stream = tokio::time::timeout(T, subscribe).await.expect("subscribe answered").unwrap().into_inner();
+    let mut stream = tokio::time::timeout(T, subscribe)
+        .await
+        .expect("subscribe answered")
+        .unwrap()
+        .into_inner();
     let event = tokio::time::timeout(Duration::from_secs(10), stream.message()).await;
-    assert!(matches!(event, Ok(Ok(Some(_)))), "no event streamed through the interposer: {event:?}");
+    assert!(
+        matches!(event, Ok(Ok(Some(_)))),
+        "no event streamed through the interposer: {event:?}"
+    );
     assert_eq!(puller.await.unwrap(), "success");
     drop(stream);
 
@@ -122,9 +195,24 @@ async fn other_unknown_and_streaming_methods_pass_through_unchanged() {
         ("/runtime.v1.ImageService/PullImage", "OK", 1.0),
         ("other", "UNIMPLEMENTED", 1.0),
     ] {
-        assert_eq!(sum(&m, "pullwatch_cri_requests_total", &[("method", method), ("code", code)]), n, "{method}\n{m}");
+        assert_eq!(
+            sum(
+                &m,
+                "pullwatch_cri_requests_total",
+                &[("method", method), ("code", code)]
+            ),
+            n,
+            "{method}\n{m}"
+        );
     }
-    assert_eq!(sum(&m, "pullwatch_cri_request_duration_seconds_count", &[("method", "/runtime.v1.RuntimeService/Version")]), 1.0);
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_cri_request_duration_seconds_count",
+            &[("method", "/runtime.v1.RuntimeService/Version")]
+        ),
+        1.0
+    );
     assert_eq!(sum(&m, "pullwatch_decode_errors_total", &[]), 0.0);
 }
 
@@ -150,7 +238,10 @@ async fn credentials_in_auth_config_appear_nowhere() {
         registry_token: secrets[4].into(),
     };
     let mut c = CriClient::connect(&agent.proxy_sock, T).await.unwrap();
-    for image in [good, format!("{}/unauthorized/team/private:1", sb.fault.host())] {
+    for image in [
+        good,
+        format!("{}/unauthorized/team/private:1", sb.fault.host()),
+    ] {
         let req = PullRequest {
             image,
             auth: Some(auth.clone()),
@@ -163,7 +254,10 @@ async fn credentials_in_auth_config_appear_nowhere() {
     let m = agent.scrape();
     assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 2.0, "{m}");
     let logs = agent.logs();
-    assert!(logs.contains("pullwatch::pull"), "the test must see pull events: {logs}");
+    assert!(
+        logs.contains("pullwatch::pull"),
+        "the test must see pull events: {logs}"
+    );
     for s in secrets {
         assert!(!logs.contains(s) && !m.contains(s), "secret {s} leaked");
         assert!(!logs.contains("S3CR3T") && !m.contains("S3CR3T"));
@@ -181,20 +275,52 @@ async fn runtime_outage_gives_prompt_unavailable_and_recovers() {
 
     sb.stop_containerd();
     let t = Instant::now();
-    let e = c.runtime.version(VersionRequest::default()).await.unwrap_err();
+    let e = c
+        .runtime
+        .version(VersionRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     assert!(e.message().contains("runtime unavailable"), "{e:?}");
-    assert!(t.elapsed() < Duration::from_secs(3), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t.elapsed()
+    );
     let r = pull_as(&agent.proxy_sock, &image, Some(("ns", "p")), T).await;
     assert_eq!(reason_of(&r), "runtime_unavailable");
 
     sb.start_containerd().await;
-    c.runtime.version(VersionRequest::default()).await.expect("interposer reconnects");
-    assert_eq!(reason_of(&pull_as(&agent.proxy_sock, &image, Some(("ns", "p")), T).await), "success");
+    c.runtime
+        .version(VersionRequest::default())
+        .await
+        .expect("interposer reconnects");
+    assert_eq!(
+        reason_of(&pull_as(&agent.proxy_sock, &image, Some(("ns", "p")), T).await),
+        "success"
+    );
     let m = agent.scrape();
-    assert_eq!(sum(&m, "pullwatch_cri_requests_total", &[("code", "UNAVAILABLE")]), 2.0, "{m}");
-    assert_eq!(sum(&m, "pullwatch_image_pull_failures_total", &[("reason", "runtime_unavailable")]), 1.0);
-    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[("result", "success")]), 1.0);
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_cri_requests_total",
+            &[("code", "UNAVAILABLE")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "runtime_unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(&m, "pullwatch_image_pulls_total", &[("result", "success")]),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,14 +131,31 @@ mod tests {
     fn failure_enters_success_leaves() {
         let mut t = BackoffTracker::new(DEFAULT_EXPIRY);
         let now = Instant::now();
-        t.observe(&attempt("prod", "a", "x:1", fail("x:1: not found")), "docker.io", now);
-        t.observe(&attempt("prod", "b", "x:1", fail("x:1: not found")), "docker.io", now);
-        t.observe(&attempt("dev", "c", "y:1", fail("429 Too Many Requests")), "docker.io", now);
+        t.observe(
+            &attempt("prod", "a", "x:1", fail("x:1: not found")),
+            "docker.io",
+            now,
+        );
+        t.observe(
+            &attempt("prod", "b", "x:1", fail("x:1: not found")),
+            "docker.io",
+            now,
+        );
+        t.observe(
+            &attempt("dev", "c", "y:1", fail("429 Too Many Requests")),
+            "docker.io",
+            now,
+        );
         let s = t.snapshot(now);
         assert_eq!(s[&("prod".into(), "docker.io".into(), Reason::NotFound)], 2);
-        assert_eq!(s[&("dev".into(), "docker.io".into(), Reason::RateLimited)], 1);
+        assert_eq!(
+            s[&("dev".into(), "docker.io".into(), Reason::RateLimited)],
+            1
+        );
         // The retry of pod a succeeds: it leaves.
-        let ok = Outcome::Success { image_ref: "sha256:1".into() };
+        let ok = Outcome::Success {
+            image_ref: "sha256:1".into(),
+        };
         t.observe(&attempt("prod", "a", "x:1", ok), "docker.io", now);
         let s = t.snapshot(now);
         assert_eq!(s[&("prod".into(), "docker.io".into(), Reason::NotFound)], 1);
@@ -149,8 +166,16 @@ mod tests {
     fn latest_reason_wins_and_cancel_keeps_state() {
         let mut t = BackoffTracker::new(DEFAULT_EXPIRY);
         let now = Instant::now();
-        t.observe(&attempt("ns", "p", "i", fail("503 Service Unavailable")), "r", now);
-        t.observe(&attempt("ns", "p", "i", fail("connection refused")), "r", now);
+        t.observe(
+            &attempt("ns", "p", "i", fail("503 Service Unavailable")),
+            "r",
+            now,
+        );
+        t.observe(
+            &attempt("ns", "p", "i", fail("connection refused")),
+            "r",
+            now,
+        );
         t.observe(&attempt("ns", "p", "i", fail("context canceled")), "r", now);
         let s = t.snapshot(now);
         assert_eq!(s.len(), 1);
@@ -165,7 +190,12 @@ mod tests {
         let mut podless = attempt("ns", "q", "i", fail("not found: x"));
         podless.pod = None;
         t.observe(&podless, "r", t0);
-        assert_eq!(t.snapshot(t0 + Duration::from_secs(59)).values().sum::<u64>(), 1);
+        assert_eq!(
+            t.snapshot(t0 + Duration::from_secs(59))
+                .values()
+                .sum::<u64>(),
+            1
+        );
         assert!(t.snapshot(t0 + Duration::from_secs(60)).is_empty());
         assert!(t.is_empty());
     }

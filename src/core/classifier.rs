@@ -15,7 +15,10 @@ use tonic::Code;
 /// Ordered rules: `(reason, case-insensitive substrings)`.
 const RULES: &[(Reason, &[&str])] = &[
     // pullwatch's own answer when the runtime socket is unreachable (see the interposer).
-    (Reason::RuntimeUnavailable, &["container runtime unavailable"]),
+    (
+        Reason::RuntimeUnavailable,
+        &["container runtime unavailable"],
+    ),
     (
         Reason::InvalidReference,
         &[
@@ -30,7 +33,11 @@ const RULES: &[(Reason, &[&str])] = &[
     ),
     (
         Reason::Disk,
-        &["no space left on device", "disk quota exceeded", "not enough space"],
+        &[
+            "no space left on device",
+            "disk quota exceeded",
+            "not enough space",
+        ],
     ),
     (
         Reason::Platform,
@@ -155,7 +162,10 @@ const RULES: &[(Reason, &[&str])] = &[
             "stream error",
         ],
     ),
-    (Reason::Canceled, &["context canceled", "operation was canceled"]),
+    (
+        Reason::Canceled,
+        &["context canceled", "operation was canceled"],
+    ),
 ];
 
 struct Matcher {
@@ -239,12 +249,18 @@ mod tests {
             Reason::Unauthorized
         );
         // A 504 is a registry error, not a timeout.
-        assert_eq!(classify_message("unexpected status: 504 Gateway Timeout"), Reason::RegistryError);
+        assert_eq!(
+            classify_message("unexpected status: 504 Gateway Timeout"),
+            Reason::RegistryError
+        );
     }
 
     #[test]
     fn matching_is_case_insensitive() {
-        assert_eq!(classify_message("TOOMANYREQUESTS: slow down"), Reason::RateLimited);
+        assert_eq!(
+            classify_message("TOOMANYREQUESTS: slow down"),
+            Reason::RateLimited
+        );
         assert_eq!(classify_message("No Space Left On Device"), Reason::Disk);
     }
 
@@ -253,7 +269,10 @@ mod tests {
         assert_eq!(classify(Code::DeadlineExceeded, "boom"), Reason::Timeout);
         assert_eq!(classify(Code::Cancelled, ""), Reason::Canceled);
         assert_eq!(classify(Code::Unknown, "boom"), Reason::Unknown);
-        assert_eq!(classify(Code::Cancelled, "x509: certificate has expired"), Reason::Tls);
+        assert_eq!(
+            classify(Code::Cancelled, "x509: certificate has expired"),
+            Reason::Tls
+        );
     }
 
     #[test]

@@ -208,6 +208,9 @@ mod tests {
     fn rate_limit_hint_points_at_headers_not_fixed_numbers() {
         let h = Reason::RateLimited.hint();
         assert!(h.contains("ratelimit-remaining") && h.contains("mirror"));
-        assert!(!h.contains("100 pulls"), "limits change; do not hard-code them");
+        assert!(
+            !h.contains("100 pulls"),
+            "limits change; do not hard-code them"
+        );
     }
 }

@@ -151,7 +151,11 @@ mod tests {
             "registry-1.docker.io/library/nginx",
         ] {
             let (reg, repo, tag, digest) = parts(s);
-            assert_eq!((reg.as_str(), repo.as_str()), ("docker.io", "library/nginx"), "{s}");
+            assert_eq!(
+                (reg.as_str(), repo.as_str()),
+                ("docker.io", "library/nginx"),
+                "{s}"
+            );
             assert_eq!((tag, digest), (None, None), "{s}");
         }
         assert_eq!(parts("bitnami/redis:7").1, "bitnami/redis");
@@ -164,7 +168,10 @@ mod tests {
         assert_eq!(repo, "team/app");
         assert_eq!(tag.as_deref(), Some("v1.2"));
         let (reg, repo, tag, _) = parts("localhost/app");
-        assert_eq!((reg.as_str(), repo.as_str(), tag), ("localhost", "app", None));
+        assert_eq!(
+            (reg.as_str(), repo.as_str(), tag),
+            ("localhost", "app", None)
+        );
         let (reg, _, tag, _) = parts("REGISTRY.Example.com:443/app:1");
         assert_eq!(reg, "registry.example.com:443");
         assert_eq!(tag.as_deref(), Some("1"));
@@ -179,7 +186,10 @@ mod tests {
         assert_eq!(digest.as_deref(), Some(d));
         let r = ImageRef::parse(&format!("busybox@{d}")).unwrap();
         assert_eq!(r.to_string(), format!("docker.io/library/busybox@{d}"));
-        assert_eq!(ImageRef::parse("nginx").unwrap().to_string(), "docker.io/library/nginx:latest");
+        assert_eq!(
+            ImageRef::parse("nginx").unwrap().to_string(),
+            "docker.io/library/nginx:latest"
+        );
     }
 
     #[test]
@@ -187,10 +197,22 @@ mod tests {
         assert_eq!(ImageRef::parse(""), Err(ReferenceError::Empty));
         assert_eq!(ImageRef::parse("  "), Err(ReferenceError::Empty));
         assert_eq!(ImageRef::parse("Nginx"), Err(ReferenceError::Uppercase));
-        assert_eq!(ImageRef::parse("nginx:"), Err(ReferenceError::EmptyComponent));
+        assert_eq!(
+            ImageRef::parse("nginx:"),
+            Err(ReferenceError::EmptyComponent)
+        );
         assert_eq!(ImageRef::parse("a//b"), Err(ReferenceError::EmptyComponent));
-        assert_eq!(ImageRef::parse("nginx@"), Err(ReferenceError::EmptyComponent));
-        assert_eq!(ImageRef::parse("ngi nx"), Err(ReferenceError::InvalidChar(' ')));
-        assert!(matches!(ImageRef::parse(&"a".repeat(2000)), Err(ReferenceError::TooLong(2000))));
+        assert_eq!(
+            ImageRef::parse("nginx@"),
+            Err(ReferenceError::EmptyComponent)
+        );
+        assert_eq!(
+            ImageRef::parse("ngi nx"),
+            Err(ReferenceError::InvalidChar(' '))
+        );
+        assert!(matches!(
+            ImageRef::parse(&"a".repeat(2000)),
+            Err(ReferenceError::TooLong(2000))
+        ));
     }
 }

@@ -63,14 +63,23 @@ mod tests {
 
     #[test]
     fn truncation_and_compression_are_errors() {
-        assert_eq!(first_message(&[0, 0]), Err(FrameError::Truncated { have: 2, need: 5 }));
+        assert_eq!(
+            first_message(&[0, 0]),
+            Err(FrameError::Truncated { have: 2, need: 5 })
+        );
         let f = encode(b"hello");
-        assert_eq!(first_message(&f[..7]), Err(FrameError::Truncated { have: 7, need: 10 }));
+        assert_eq!(
+            first_message(&f[..7]),
+            Err(FrameError::Truncated { have: 7, need: 10 })
+        );
         let mut c = f.clone();
         c[0] = 1;
         assert_eq!(first_message(&c), Err(FrameError::Compressed(1)));
         // A length near u32::MAX must not overflow or allocate.
         let huge = [0u8, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(first_message(&huge), Err(FrameError::Truncated { .. })));
+        assert!(matches!(
+            first_message(&huge),
+            Err(FrameError::Truncated { .. })
+        ));
     }
 }

@@ -103,7 +103,10 @@ mod tests {
         );
         let s = from_headers(&h).unwrap();
         assert_eq!(s.code, Code::Unknown);
-        assert_eq!(s.message, "failed to pull \"a:1\": 429 Too Many Requests\nline2");
+        assert_eq!(
+            s.message,
+            "failed to pull \"a:1\": 429 Too Many Requests\nline2"
+        );
     }
 
     #[test]
@@ -128,7 +131,10 @@ mod tests {
 
     #[test]
     fn http_fallback_codes() {
-        assert_eq!(code_from_http(StatusCode::SERVICE_UNAVAILABLE), Code::Unavailable);
+        assert_eq!(
+            code_from_http(StatusCode::SERVICE_UNAVAILABLE),
+            Code::Unavailable
+        );
         assert_eq!(code_from_http(StatusCode::NOT_FOUND), Code::Unimplemented);
         assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
     }

@@ -18,7 +18,10 @@ pub fn emit(attempt: &PullAttempt) {
     let (namespace, pod, pod_uid) = attempt.pod.as_ref().map_or(("", "", ""), |p| {
         (p.namespace.as_str(), p.name.as_str(), p.uid.as_str())
     });
-    let repository = attempt.reference.as_ref().map_or("", |r| r.repository.as_str());
+    let repository = attempt
+        .reference
+        .as_ref()
+        .map_or("", |r| r.repository.as_str());
     let duration_seconds = attempt.duration.as_secs_f64();
     match &attempt.outcome {
         Outcome::Success { image_ref } => tracing::info!(
@@ -37,7 +40,11 @@ pub fn emit(attempt: &PullAttempt) {
             image_ref = %image_ref,
             "image pull succeeded"
         ),
-        Outcome::Failure { code, message, reason } => tracing::warn!(
+        Outcome::Failure {
+            code,
+            message,
+            reason,
+        } => tracing::warn!(
             target: TARGET,
             event = "image_pull",
             result = "failure",

@@ -58,28 +58,72 @@ macro_rules! family {
 
 /// pullwatch's own metric families (the process collector adds the standard `process_*` ones).
 pub const FAMILIES: &[Family] = &[
-    family!("pullwatch_image_pulls_total", Counter, ["registry", "result"],
-        "Image pull attempts that finished, by registry and result (success|failure)."),
-    family!("pullwatch_image_pull_failures_total", Counter, ["registry", "reason"],
-        "Failed image pull attempts by registry and classified reason."),
-    family!("pullwatch_image_pull_duration_seconds", Histogram, ["registry", "result"],
-        "Duration of image pull attempts in seconds, by registry and result."),
-    family!("pullwatch_image_pulls_in_flight", Gauge, ["registry"],
-        "Image pulls currently in progress, by registry."),
-    family!("pullwatch_image_pull_backoff", Gauge, ["namespace", "registry", "reason"],
-        "Pod/image pairs whose latest pull failed and that have been retried within the backoff window."),
-    family!("pullwatch_image_pulls_by_image_total", Counter, ["image", "result"],
-        "Image pull attempts by image (only with --image-label; capped by --image-label-cap)."),
-    family!("pullwatch_cri_requests_total", Counter, ["method", "code"],
-        "CRI calls proxied by the interposer, by gRPC method and status code."),
-    family!("pullwatch_cri_request_duration_seconds", Histogram, ["method"],
-        "Duration of CRI calls proxied by the interposer, by gRPC method."),
-    family!("pullwatch_decode_errors_total", Counter, ["message"],
-        "CRI messages pullwatch could not decode (they were still forwarded unchanged)."),
-    family!("pullwatch_label_overflow_total", Counter, ["label"],
-        "Observations whose label value exceeded the distinct-value cap and was counted as \"other\"."),
-    family!("pullwatch_build_info", Gauge, ["version", "revision"],
-        "Always 1; labels carry pullwatch's version and git revision."),
+    family!(
+        "pullwatch_image_pulls_total",
+        Counter,
+        ["registry", "result"],
+        "Image pull attempts that finished, by registry and result (success|failure)."
+    ),
+    family!(
+        "pullwatch_image_pull_failures_total",
+        Counter,
+        ["registry", "reason"],
+        "Failed image pull attempts by registry and classified reason."
+    ),
+    family!(
+        "pullwatch_image_pull_duration_seconds",
+        Histogram,
+        ["registry", "result"],
+        "Duration of image pull attempts in seconds, by registry and result."
+    ),
+    family!(
+        "pullwatch_image_pulls_in_flight",
+        Gauge,
+        ["registry"],
+        "Image pulls currently in progress, by registry."
+    ),
+    family!(
+        "pullwatch_image_pull_backoff",
+        Gauge,
+        ["namespace", "registry", "reason"],
+        "Pod/image pairs whose latest pull failed and that have been retried within the backoff window."
+    ),
+    family!(
+        "pullwatch_image_pulls_by_image_total",
+        Counter,
+        ["image", "result"],
+        "Image pull attempts by image (only with --image-label; capped by --image-label-cap)."
+    ),
+    family!(
+        "pullwatch_cri_requests_total",
+        Counter,
+        ["method", "code"],
+        "CRI calls proxied by the interposer, by gRPC method and status code."
+    ),
+    family!(
+        "pullwatch_cri_request_duration_seconds",
+        Histogram,
+        ["method"],
+        "Duration of CRI calls proxied by the interposer, by gRPC method."
+    ),
+    family!(
+        "pullwatch_decode_errors_total",
+        Counter,
+        ["message"],
+        "CRI messages pullwatch could not decode (they were still forwarded unchanged)."
+    ),
+    family!(
+        "pullwatch_label_overflow_total",
+        Counter,
+        ["label"],
+        "Observations whose label value exceeded the distinct-value cap and was counted as \"other\"."
+    ),
+    family!(
+        "pullwatch_build_info",
+        Gauge,
+        ["version", "revision"],
+        "Always 1; labels carry pullwatch's version and git revision."
+    ),
 ];
 
 /// Looks up a family by name.
@@ -147,7 +191,11 @@ impl Metrics {
         let m = Self {
             pulls: counter(&registry, "pullwatch_image_pulls_total")?,
             failures: counter(&registry, "pullwatch_image_pull_failures_total")?,
-            pull_duration: histogram(&registry, "pullwatch_image_pull_duration_seconds", &PULL_BUCKETS)?,
+            pull_duration: histogram(
+                &registry,
+                "pullwatch_image_pull_duration_seconds",
+                &PULL_BUCKETS,
+            )?,
             in_flight: gauge(&registry, "pullwatch_image_pulls_in_flight")?,
             backoff: gauge(&registry, "pullwatch_image_pull_backoff")?,
             by_image: if image_label {
@@ -156,7 +204,11 @@ impl Metrics {
                 None
             },
             cri_requests: counter(&registry, "pullwatch_cri_requests_total")?,
-            cri_duration: histogram(&registry, "pullwatch_cri_request_duration_seconds", &CRI_BUCKETS)?,
+            cri_duration: histogram(
+                &registry,
+                "pullwatch_cri_request_duration_seconds",
+                &CRI_BUCKETS,
+            )?,
             decode_errors: counter(&registry, "pullwatch_decode_errors_total")?,
             label_overflow: counter(&registry, "pullwatch_label_overflow_total")?,
             registry,
@@ -165,8 +217,9 @@ impl Metrics {
             .with_label_values(&[crate::VERSION, crate::REVISION])
             .set(1);
         #[cfg(target_os = "linux")]
-        m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 
@@ -190,7 +243,12 @@ mod tests {
     fn names_follow_the_conventions() {
         for f in FAMILIES {
             assert!(f.name.starts_with("pullwatch_"), "{}", f.name);
-            assert_eq!(f.kind == Kind::Counter, f.name.ends_with("_total"), "{}", f.name);
+            assert_eq!(
+                f.kind == Kind::Counter,
+                f.name.ends_with("_total"),
+                "{}",
+                f.name
+            );
             assert!(!f.labels.is_empty(), "{}", f.name);
             assert!(!f.labels.contains(&"error"), "no raw error text as label");
         }

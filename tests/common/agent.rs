@@ -15,10 +15,16 @@ pub fn pullwatch_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("pullwatch"));
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("pullwatch"));
     match bin {
         Some(b) if b.exists() => b,
-        _ => panic!("pullwatch binary not found next to {}; run `cargo build --bins` first", exe.display()),
+        _ => panic!(
+            "pullwatch binary not found next to {}; run `cargo build --bins` first",
+            exe.display()
+        ),
     }
 }
 
@@ -33,18 +39,28 @@ pub struct Agent {
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     Ok((status, body.to_string()))
 }
 
 impl Agent {
     /// Starts `pullwatch run` with the interposer in front of the sandbox's containerd.
     pub fn start(sb: &Sandbox, extra: &[&str]) -> Self {
-        let proxy_sock = sb.dir.path().join(format!("pullwatch-{}.sock", free_port()));
+        let proxy_sock = sb
+            .dir
+            .path()
+            .join(format!("pullwatch-{}.sock", free_port()));
         Self::start_at(sb, proxy_sock, extra)
     }
 
@@ -65,10 +81,19 @@ impl Agent {
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap();
-        let agent = Self { child: Some(child), proxy_sock, addr, log_path };
+        let agent = Self {
+            child: Some(child),
+            proxy_sock,
+            addr,
+            log_path,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !matches!(http_get(addr, "/readyz"), Ok((200, _))) {
-            assert!(Instant::now() < deadline, "pullwatch not ready: {}", agent.logs());
+            assert!(
+                Instant::now() < deadline,
+                "pullwatch not ready: {}",
+                agent.logs()
+            );
             std::thread::sleep(Duration::from_millis(30));
         }
         agent
@@ -89,7 +114,10 @@ impl Agent {
             if ready(&m) {
                 return m;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{m}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{m}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -110,7 +138,10 @@ impl Agent {
     /// Sends SIGTERM and waits for exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -162,7 +193,10 @@ pub fn sum(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
     parse_metrics(text)
         .into_iter()
         .filter(|(n, labels, _)| {
-            n == name && want.iter().all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|(_, _, v)| v)
         .sum()

@@ -48,16 +48,24 @@ pub struct FaultRegistry {
 }
 
 fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(body.into())
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert("docker-distribution-api-version", "registry/2.0".parse().unwrap());
+    r.headers_mut().insert(
+        "docker-distribution-api-version",
+        "registry/2.0".parse().unwrap(),
+    );
     r
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     let body = format!(r#"{{"errors":[{{"code":"{code}","message":"{message}"}}]}}"#);
     let mut r = full(status, body);
-    r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     r
 }
 
@@ -73,7 +81,9 @@ impl FaultRegistry {
         let server = reg.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let s = server.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -98,7 +108,10 @@ impl FaultRegistry {
     /// Serves `image` as `repository:tag` under every fault prefix.
     pub fn add(&self, repository: &str, tag: &str, image: &TestImage) {
         let mut st = self.state.lock().unwrap();
-        st.images.entry(repository.into()).or_default().insert(tag.into(), image.clone());
+        st.images
+            .entry(repository.into())
+            .or_default()
+            .insert(tag.into(), image.clone());
         for (d, b) in &image.blobs {
             st.blobs.insert(d.clone(), b.clone());
         }
@@ -107,46 +120,83 @@ impl FaultRegistry {
     /// How many requests hit paths containing `needle`.
     pub fn hits(&self, needle: &str) -> usize {
         let st = self.state.lock().unwrap();
-        st.hits.iter().filter(|(p, _)| p.contains(needle)).map(|(_, n)| n).sum()
+        st.hits
+            .iter()
+            .filter(|(p, _)| p.contains(needle))
+            .map(|(_, n)| n)
+            .sum()
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
         let path = req.uri().path().to_string();
-        *self.state.lock().unwrap().hits.entry(format!("{} {path}", req.method())).or_default() += 1;
+        *self
+            .state
+            .lock()
+            .unwrap()
+            .hits
+            .entry(format!("{} {path}", req.method()))
+            .or_default() += 1;
         if path == "/v2/" || path == "/v2" {
             return Ok(full(StatusCode::OK, "{}"));
         }
         if path.starts_with("/token") {
             return Ok(if req.uri().query().unwrap_or("").contains("tokendenied") {
-                json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required")
+                json_error(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "authentication required",
+                )
             } else {
-                full(StatusCode::OK, r#"{"token":"t0k3n","access_token":"t0k3n","expires_in":300}"#)
+                full(
+                    StatusCode::OK,
+                    r#"{"token":"t0k3n","access_token":"t0k3n","expires_in":300}"#,
+                )
             });
         }
         let Some(rest) = path.strip_prefix("/v2/") else {
             return Ok(full(StatusCode::NOT_FOUND, ""));
         };
         let (fault, rest) = rest.split_once('/').unwrap_or((rest, ""));
-        let (repo, kind, reference) = match (rest.rsplit_once("/manifests/"), rest.rsplit_once("/blobs/")) {
-            (Some((r, t)), _) => (r.to_string(), "manifest", t.to_string()),
-            (_, Some((r, d))) => (r.to_string(), "blob", d.to_string()),
-            _ => return Ok(json_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "repository name not known to registry")),
-        };
+        let (repo, kind, reference) =
+            match (rest.rsplit_once("/manifests/"), rest.rsplit_once("/blobs/")) {
+                (Some((r, t)), _) => (r.to_string(), "manifest", t.to_string()),
+                (_, Some((r, d))) => (r.to_string(), "blob", d.to_string()),
+                _ => {
+                    return Ok(json_error(
+                        StatusCode::NOT_FOUND,
+                        "NAME_UNKNOWN",
+                        "repository name not known to registry",
+                    ));
+                }
+            };
         let challenge = |scope: &str| {
-            let mut r = json_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
+            let mut r = json_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "authentication required",
+            );
             let v = format!(
                 r#"Bearer realm="http://{}/token",service="fault",scope="repository:{scope}/{repo}:pull""#,
                 self.addr
             );
-            r.headers_mut().insert("www-authenticate", v.parse().unwrap());
+            r.headers_mut()
+                .insert("www-authenticate", v.parse().unwrap());
             r
         };
         match fault {
             "ratelimitedhead" => return Ok(ratelimited(&req, true)),
-            "ratelimited" if kind == "manifest" && req.method() == Method::GET => return Ok(ratelimited(&req, false)),
+            "ratelimited" if kind == "manifest" && req.method() == Method::GET => {
+                return Ok(ratelimited(&req, false));
+            }
             "unauthorized" => return Ok(challenge("unauthorized")),
             "tokendenied" => return Ok(challenge("tokendenied")),
-            "forbidden" => return Ok(json_error(StatusCode::FORBIDDEN, "DENIED", "requested access to the resource is denied")),
+            "forbidden" => {
+                return Ok(json_error(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    "requested access to the resource is denied",
+                ));
+            }
             "error500" => return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, "internal error")),
             "error502" => return Ok(full(StatusCode::BAD_GATEWAY, "bad gateway")),
             "error503" => return Ok(full(StatusCode::SERVICE_UNAVAILABLE, "unavailable")),
@@ -160,15 +210,30 @@ impl FaultRegistry {
         let st = self.state.lock().unwrap();
         if kind == "manifest" {
             let image = st.images.get(&repo).and_then(|tags| {
-                tags.get(&reference).or_else(|| tags.values().find(|i| i.manifest_digest == reference))
+                tags.get(&reference)
+                    .or_else(|| tags.values().find(|i| i.manifest_digest == reference))
             });
             let Some(image) = image else {
-                return Ok(json_error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown"));
+                return Ok(json_error(
+                    StatusCode::NOT_FOUND,
+                    "MANIFEST_UNKNOWN",
+                    "manifest unknown",
+                ));
             };
-            let mut r = full(StatusCode::OK, if req.method() == Method::HEAD { Vec::new() } else { image.manifest.clone() });
+            let mut r = full(
+                StatusCode::OK,
+                if req.method() == Method::HEAD {
+                    Vec::new()
+                } else {
+                    image.manifest.clone()
+                },
+            );
             let h = r.headers_mut();
             h.insert("content-type", MANIFEST_TYPE.parse().unwrap());
-            h.insert("docker-content-digest", image.manifest_digest.parse().unwrap());
+            h.insert(
+                "docker-content-digest",
+                image.manifest_digest.parse().unwrap(),
+            );
             h.insert("content-length", image.manifest.len().into());
             if fault == "ratelimited" {
                 h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
@@ -177,7 +242,11 @@ impl FaultRegistry {
             return Ok(r);
         }
         let Some(blob) = st.blobs.get(&reference).cloned() else {
-            return Ok(json_error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry"));
+            return Ok(json_error(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            ));
         };
         drop(st);
         let is_layer = blob.len() > 4096 || !blob.starts_with(b"{");
@@ -187,7 +256,8 @@ impl FaultRegistry {
             _ => {
                 let mut r = full(StatusCode::OK, blob.clone());
                 r.headers_mut().insert("content-length", blob.len().into());
-                r.headers_mut().insert("content-type", "application/octet-stream".parse().unwrap());
+                r.headers_mut()
+                    .insert("content-type", "application/octet-stream".parse().unwrap());
                 Ok(r)
             }
         }
@@ -195,7 +265,11 @@ impl FaultRegistry {
 }
 
 fn ratelimited(req: &Request<Incoming>, head_too: bool) -> Response<Body> {
-    let body = if req.method() == Method::HEAD && head_too { "" } else { DOCKER_HUB_429_BODY };
+    let body = if req.method() == Method::HEAD && head_too {
+        ""
+    } else {
+        DOCKER_HUB_429_BODY
+    };
     let mut r = full(StatusCode::TOO_MANY_REQUESTS, body);
     let h = r.headers_mut();
     h.insert("content-type", "application/json".parse().unwrap());
@@ -214,7 +288,10 @@ fn trickle(blob: Vec<u8>, chunk: usize, rate: usize, cut: bool) -> Response<Body
             return None;
         }
         if cut && off > 0 {
-            return Some((Err(std::io::Error::other("fault: cut mid-blob")), (blob, usize::MAX)));
+            return Some((
+                Err(std::io::Error::other("fault: cut mid-blob")),
+                (blob, usize::MAX),
+            ));
         }
         let end = (off + chunk).min(blob.len());
         if rate != usize::MAX {
@@ -225,6 +302,7 @@ fn trickle(blob: Vec<u8>, chunk: usize, rate: usize, cut: bool) -> Response<Body
     });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     r.headers_mut().insert("content-length", len.into());
-    r.headers_mut().insert("content-type", "application/octet-stream".parse().unwrap());
+    r.headers_mut()
+        .insert("content-type", "application/octet-stream".parse().unwrap());
     r
 }

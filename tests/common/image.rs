@@ -47,7 +47,8 @@ impl TestImage {
         header.set_size(data.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        tar.append_data(&mut header, "data.bin", data.as_slice()).unwrap();
+        tar.append_data(&mut header, "data.bin", data.as_slice())
+            .unwrap();
         let raw = tar.into_inner().unwrap();
         let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
         std::io::Write::write_all(&mut gz, &raw).unwrap();
@@ -67,14 +68,22 @@ impl TestImage {
         let mut blobs = HashMap::new();
         blobs.insert(digest(&config), config);
         blobs.insert(digest(&layer), layer);
-        Self { manifest_digest: digest(&manifest), manifest, blobs }
+        Self {
+            manifest_digest: digest(&manifest),
+            manifest,
+            blobs,
+        }
     }
 
     /// Writes an OCI layout with this image tagged `tag` into `dir`.
     pub fn write_layout(&self, dir: &Path, tag: &str) {
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).unwrap();
-        for (d, b) in self.blobs.iter().chain([(&self.manifest_digest, &self.manifest)]) {
+        for (d, b) in self
+            .blobs
+            .iter()
+            .chain([(&self.manifest_digest, &self.manifest)])
+        {
             std::fs::write(blobs.join(d.trim_start_matches("sha256:")), b).unwrap();
         }
         std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();

@@ -14,8 +14,15 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Pulls `image` through the CRI socket at `sock` as pod `ns/pod`.
-pub async fn pull_as(sock: &Path, image: &str, pod: Option<(&str, &str)>, timeout: Duration) -> PullReport {
-    let mut c = CriClient::connect(sock, Duration::from_secs(5)).await.expect("connect");
+pub async fn pull_as(
+    sock: &Path,
+    image: &str,
+    pod: Option<(&str, &str)>,
+    timeout: Duration,
+) -> PullReport {
+    let mut c = CriClient::connect(sock, Duration::from_secs(5))
+        .await
+        .expect("connect");
     let req = PullRequest {
         image: image.to_string(),
         auth: None,

@@ -17,12 +17,23 @@ pub const SLOW_LAYER_BYTES: usize = 96 * 1024;
 pub const SLOW_BYTES_PER_SEC: usize = 48 * 1024;
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn require(bin: &str) {
-    let ok = Command::new("sh").args(["-c", &format!("command -v {bin}")]).stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(ok, "{bin} is not installed: run .ci/run (it installs containerd, docker-registry, skopeo, prometheus)");
+    let ok = Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "{bin} is not installed: run .ci/run (it installs containerd, docker-registry, skopeo, prometheus)"
+    );
 }
 
 /// Answers every DNS query on `addr` with NXDOMAIN, until the process ends.
@@ -58,7 +69,10 @@ impl Sandbox {
         for bin in ["containerd", "docker-registry", "skopeo", "unshare"] {
             require(bin);
         }
-        let dir = tempfile::Builder::new().prefix("pullwatch-e2e-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pullwatch-e2e-")
+            .tempdir()
+            .unwrap();
         let d = dir.path();
         let reg_port = free_port();
         let registry = format!("127.0.0.1:{reg_port}");
@@ -85,7 +99,10 @@ impl Sandbox {
         for (host, server) in [
             (registry.clone(), format!("http://{registry}")),
             (fault.host(), format!("http://{}", fault.host())),
-            (format!("localhost:{}", fault.addr.port()), format!("https://localhost:{}", fault.addr.port())),
+            (
+                format!("localhost:{}", fault.addr.port()),
+                format!("https://localhost:{}", fault.addr.port()),
+            ),
         ] {
             std::fs::create_dir_all(certs.join(&host)).unwrap();
             std::fs::write(
@@ -97,7 +114,11 @@ impl Sandbox {
         // A DNS server of our own on a random loopback address.
         let dns_ip = Ipv4Addr::new(127, 53, (reg_port >> 8) as u8, (reg_port & 0xff) as u8);
         nxdomain_server(SocketAddr::from((dns_ip, 53)));
-        std::fs::write(d.join("resolv.conf"), format!("nameserver {dns_ip}\noptions attempts:1 timeout:1\n")).unwrap();
+        std::fs::write(
+            d.join("resolv.conf"),
+            format!("nameserver {dns_ip}\noptions attempts:1 timeout:1\n"),
+        )
+        .unwrap();
 
         let sock = d.join("containerd.sock");
         std::fs::write(
@@ -128,11 +149,19 @@ state = "{state}"
                 opt = d.join("opt").display(),
                 sock = sock.display(),
                 certs = certs.display(),
-                log_level = std::env::var("PULLWATCH_E2E_CONTAINERD_LOG").unwrap_or_else(|_| "warn".into()),
+                log_level =
+                    std::env::var("PULLWATCH_E2E_CONTAINERD_LOG").unwrap_or_else(|_| "warn".into()),
             ),
         )
         .unwrap();
-        let mut sb = Self { dir, registry, fault, containerd_sock: sock, containerd: None, registry_proc };
+        let mut sb = Self {
+            dir,
+            registry,
+            fault,
+            containerd_sock: sock,
+            containerd: None,
+            registry_proc,
+        };
         sb.start_containerd().await;
         sb.wait_registry();
         sb
@@ -141,7 +170,11 @@ state = "{state}"
     fn wait_registry(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(&self.registry).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start: {}", self.log("registry.log"));
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                self.log("registry.log")
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -160,18 +193,29 @@ state = "{state}"
             .arg(d.join("resolv.conf"))
             .arg(d.join("containerd.toml"))
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(d.join("containerd.log")).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join("containerd.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         self.containerd = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(mut c) = CriClient::connect(&self.containerd_sock, Duration::from_secs(1)).await {
-                if c.runtime.version(VersionRequest::default()).await.is_ok() {
-                    return;
-                }
+            if let Ok(mut c) =
+                CriClient::connect(&self.containerd_sock, Duration::from_secs(1)).await
+                && c.runtime.version(VersionRequest::default()).await.is_ok()
+            {
+                return;
             }
-            assert!(Instant::now() < deadline, "containerd did not start: {}", self.log("containerd.log"));
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                self.log("containerd.log")
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -186,7 +230,12 @@ state = "{state}"
 
     /// Pushes `image` to the real registry as `repo:tag` with skopeo; returns the reference.
     pub fn push(&self, image: &TestImage, repo: &str, tag: &str) -> String {
-        let layout = self.dir.path().join("layouts").join(repo.replace('/', "_")).join(tag);
+        let layout = self
+            .dir
+            .path()
+            .join("layouts")
+            .join(repo.replace('/', "_"))
+            .join(tag);
         image.write_layout(&layout, tag);
         let reference = format!("{}/{repo}:{tag}", self.registry);
         let out = Command::new("skopeo")
@@ -195,7 +244,11 @@ state = "{state}"
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         reference
     }
 }
@@ -206,7 +259,10 @@ impl Drop for Sandbox {
         let _ = self.registry_proc.kill();
         let _ = self.registry_proc.wait();
         // containerd's native snapshots may hold read-only dirs; make them removable.
-        let _ = Command::new("chmod").args(["-R", "u+w"]).arg(self.dir.path()).status();
+        let _ = Command::new("chmod")
+            .args(["-R", "u+w"])
+            .arg(self.dir.path())
+            .status();
     }
 }
 

@@ -31,7 +31,11 @@ impl Body for RequestBody {
         let res = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if let Some(capture) = &this.capture {
             let mut c = capture.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(data) = res.as_ref().and_then(|r| r.as_ref().ok()).and_then(Frame::data_ref) {
+            if let Some(data) = res
+                .as_ref()
+                .and_then(|r| r.as_ref().ok())
+                .and_then(Frame::data_ref)
+            {
                 c.push(data);
             }
             if res.is_none() || this.inner.is_end_stream() {
@@ -69,7 +73,10 @@ impl ResponseBody {
 impl Default for ResponseBody {
     /// An empty body (trailers-only responses).
     fn default() -> Self {
-        Self { inner: None, call: None }
+        Self {
+            inner: None,
+            call: None,
+        }
     }
 }
 
@@ -112,6 +119,8 @@ impl Body for ResponseBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

@@ -98,7 +98,9 @@ impl PullCapture {
         let registry = observed
             .as_ref()
             .and_then(|o| o.reference.as_ref())
-            .map_or(crate::core::attempt::UNKNOWN_REGISTRY, |r| r.registry.as_str());
+            .map_or(crate::core::attempt::UNKNOWN_REGISTRY, |r| {
+                r.registry.as_str()
+            });
         self.in_flight = Some(self.recorder.pull_started(registry));
         self.observed = Some(observed);
     }
@@ -215,10 +217,17 @@ impl Call {
                 Some(s) => (s.code, s.message.clone(), None),
                 None if self.http_status != StatusCode::OK => (
                     status::code_from_http(self.http_status),
-                    format!("runtime answered HTTP {} without grpc-status", self.http_status),
+                    format!(
+                        "runtime answered HTTP {} without grpc-status",
+                        self.http_status
+                    ),
                     None,
                 ),
-                None => (Code::Unknown, "response ended without grpc-status".to_string(), None),
+                None => (
+                    Code::Unknown,
+                    "response ended without grpc-status".to_string(),
+                    None,
+                ),
             },
             End::RuntimeUnavailable(msg) => {
                 (Code::Unavailable, msg, Some(Reason::RuntimeUnavailable))
@@ -258,7 +267,9 @@ impl Call {
             .cri_duration
             .with_label_values(&[self.method.as_str()])
             .observe(duration.as_secs_f64());
-        let Some(capture) = self.pull.take() else { return };
+        let Some(capture) = self.pull.take() else {
+            return;
+        };
         let (observed, in_flight) = {
             let mut c = lock(&capture);
             c.complete();
@@ -268,7 +279,11 @@ impl Call {
             (Code::Ok, _) => Outcome::Success {
                 image_ref: self.decode_image_ref(),
             },
-            (_, Some(reason)) => Outcome::Failure { code, message, reason },
+            (_, Some(reason)) => Outcome::Failure {
+                code,
+                message,
+                reason,
+            },
             _ => Outcome::failure(code, message),
         };
         let observed = observed.unwrap_or(ObservedPull {

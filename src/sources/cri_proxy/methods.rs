@@ -7,19 +7,52 @@ use std::sync::OnceLock;
 pub const OTHER: &str = "other";
 
 const RUNTIME_METHODS: &[&str] = &[
-    "Version", "RunPodSandbox", "StopPodSandbox", "RemovePodSandbox", "PodSandboxStatus",
-    "ListPodSandbox", "StreamPodSandboxes", "CreateContainer", "StartContainer", "StopContainer",
-    "RemoveContainer", "ListContainers", "StreamContainers", "ContainerStatus",
-    "UpdateContainerResources", "ReopenContainerLog", "ExecSync", "Exec", "Attach", "PortForward",
-    "ContainerStats", "ListContainerStats", "StreamContainerStats", "PodSandboxStats",
-    "ListPodSandboxStats", "StreamPodSandboxStats", "UpdateRuntimeConfig", "Status",
-    "CheckpointContainer", "CheckpointPod", "RestorePod", "GetContainerEvents",
-    "ListMetricDescriptors", "ListPodSandboxMetrics", "StreamPodSandboxMetrics", "RuntimeConfig",
+    "Version",
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
+    "StreamPodSandboxes",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ListContainers",
+    "StreamContainers",
+    "ContainerStatus",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
+    "ContainerStats",
+    "ListContainerStats",
+    "StreamContainerStats",
+    "PodSandboxStats",
+    "ListPodSandboxStats",
+    "StreamPodSandboxStats",
+    "UpdateRuntimeConfig",
+    "Status",
+    "CheckpointContainer",
+    "CheckpointPod",
+    "RestorePod",
+    "GetContainerEvents",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
+    "StreamPodSandboxMetrics",
+    "RuntimeConfig",
     "UpdatePodSandboxResources",
 ];
 
 const IMAGE_METHODS: &[&str] = &[
-    "ListImages", "StreamImages", "ImageStatus", "PullImage", "RemoveImage", "ImageFsInfo",
+    "ListImages",
+    "StreamImages",
+    "ImageStatus",
+    "PullImage",
+    "RemoveImage",
+    "ImageFsInfo",
 ];
 
 /// CRI API versions kubelet may speak.
@@ -48,9 +81,11 @@ pub fn label(path: &str) -> &str {
 
 /// Whether the path is CRI's PullImage (any API version).
 pub fn is_pull_image(path: &str) -> bool {
-    API_VERSIONS
-        .iter()
-        .any(|v| path.strip_prefix("/runtime.").and_then(|p| p.strip_prefix(v)) == Some(".ImageService/PullImage"))
+    API_VERSIONS.iter().any(|v| {
+        path.strip_prefix("/runtime.")
+            .and_then(|p| p.strip_prefix(v))
+            == Some(".ImageService/PullImage")
+    })
 }
 
 #[cfg(test)]
@@ -59,11 +94,20 @@ mod tests {
 
     #[test]
     fn labels_are_bounded() {
-        assert_eq!(label("/runtime.v1.ImageService/PullImage"), "/runtime.v1.ImageService/PullImage");
-        assert_eq!(label("/runtime.v1alpha2.RuntimeService/Version"), "/runtime.v1alpha2.RuntimeService/Version");
+        assert_eq!(
+            label("/runtime.v1.ImageService/PullImage"),
+            "/runtime.v1.ImageService/PullImage"
+        );
+        assert_eq!(
+            label("/runtime.v1alpha2.RuntimeService/Version"),
+            "/runtime.v1alpha2.RuntimeService/Version"
+        );
         assert_eq!(label("/runtime.v1.ImageService/FutureMethod"), OTHER);
         assert_eq!(label("/grpc.health.v1.Health/Check"), OTHER);
-        assert_eq!(known().len(), 2 * (RUNTIME_METHODS.len() + IMAGE_METHODS.len()));
+        assert_eq!(
+            known().len(),
+            2 * (RUNTIME_METHODS.len() + IMAGE_METHODS.len())
+        );
     }
 
     #[test]

@@ -56,7 +56,10 @@ impl CriProxy {
     }
 
     /// Forwards one call and observes it.
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<ResponseBody>, Infallible> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
         let mut call = Call::new(self.recorder.clone(), req.uri().path(), req.headers());
         let (mut parts, body) = req.into_parts();
         parts.uri = upstream_uri(parts.uri);
@@ -65,7 +68,10 @@ impl CriProxy {
             Ok(resp) => {
                 call.on_response_head(resp.status(), resp.headers());
                 let (parts, body) = resp.into_parts();
-                Ok(Response::from_parts(parts, ResponseBody::upstream(body, call)))
+                Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(body, call),
+                ))
             }
             Err(e) => {
                 let msg = format!("pullwatch: container runtime unavailable: {e}");
@@ -114,8 +120,14 @@ impl CriProxy {
             });
         }
         tracing::info!("interposer stops accepting; waiting for in-flight calls");
-        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-            tracing::warn!(?grace, "in-flight CRI calls did not finish within the grace period");
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?grace,
+                "in-flight CRI calls did not finish within the grace period"
+            );
         }
     }
 }
@@ -131,4 +143,3 @@ fn upstream_uri(uri: Uri) -> Uri {
     }
     Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://localhost/"))
 }
-

@@ -63,10 +63,10 @@ impl BoundSocket {
 
 impl Drop for BoundSocket {
     fn drop(&mut self) {
-        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino) {
-            if let Err(e) = fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket");
-            }
+        if fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.ino)
+            && let Err(e) = fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not remove socket");
         }
     }
 }
@@ -142,7 +142,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("important");
         fs::write(&path, "data").unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let err = rt.block_on(async { bind(&path, 0o600) }).unwrap_err();
         assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "data");
