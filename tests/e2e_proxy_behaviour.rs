@@ -339,3 +339,66 @@ async fn sigterm_removes_the_socket_and_a_restart_binds_again() {
     let mut c = CriClient::connect(&agent2.proxy_sock, T).await.unwrap();
     c.runtime.version(VersionRequest::default()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancel_is_recorded_and_reaches_the_runtime() {
+    let sb = Sandbox::start().await;
+    sb.fault
+        .add("team/app", "1", &TestImage::build("cancel", 2048, "amd64"));
+    let agent = Agent::start(&sb, &[]);
+    let image = format!("{}/hang/team/app:1", sb.fault.host());
+    let (sock, img) = (agent.proxy_sock.clone(), image.clone());
+    // No deadline: the caller simply goes away (kubelet deleting the pod, say).
+    let task = tokio::spawn(async move {
+        let mut c = CriClient::connect(&sock, T).await.unwrap();
+        let req = PullRequest {
+            image: img,
+            auth: None,
+            pod: Some(("ns".into(), "p".into(), "u".into())),
+            timeout: None,
+        };
+        pull(&mut c, &req).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sb.fault.hits("/hang/") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "runtime never asked the registry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sum(&agent.scrape(), "pullwatch_image_pulls_in_flight", &[]),
+        1.0
+    );
+    task.abort();
+    let m = agent.scrape_until("the cancel recorded", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "canceled")],
+        ) == 1.0
+    });
+    assert_eq!(sum(&m, "pullwatch_image_pulls_in_flight", &[]), 0.0);
+    assert_eq!(
+        sum(&m, "pullwatch_cri_requests_total", &[("code", "CANCELLED")]),
+        1.0,
+        "{m}"
+    );
+    // containerd saw its context canceled: the cancel crossed the interposer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = sb.log("containerd.log");
+        if log
+            .lines()
+            .any(|l| l.contains(&image) && l.contains("context canceled"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "containerd never saw the cancel:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
