@@ -7,7 +7,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,34 +69,16 @@ pub async fn serve(
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::error!(error = %e, "accepting an HTTP connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+    let serve = |stream| {
         let (recorder, ready) = (recorder.clone(), ready.clone());
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let resp = route(&req, &recorder, &ready);
             async move { Ok::<_, Infallible>(resp) }
         });
-        let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-            }
-        });
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+            .into_owned()
+    };
+    crate::server::accept_loop("http", accept, shutdown, Duration::from_secs(2), serve).await;
 }

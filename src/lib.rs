@@ -20,6 +20,7 @@ pub mod http;
 pub mod logging;
 pub mod pull;
 pub mod recorder;
+pub mod server;
 pub mod signal;
 pub mod sinks;
 pub mod sources;

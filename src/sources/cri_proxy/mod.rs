@@ -17,7 +17,6 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,45 +89,17 @@ impl CriProxy {
         shutdown: impl std::future::Future<Output = ()>,
         grace: Duration,
     ) {
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let stream = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::error!(error = %e, "accepting a CRI connection failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+        let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+        let serve = |stream| {
             let proxy = self.clone();
             let service = hyper::service::service_fn(move |req| proxy.clone().handle(req));
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .adaptive_window(true)
                 .max_header_list_size(MAX_HEADER_LIST_SIZE)
                 .max_concurrent_streams(None)
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "CRI client connection ended with an error");
-                }
-            });
-        }
-        tracing::info!("interposer stops accepting; waiting for in-flight calls");
-        if tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?grace,
-                "in-flight CRI calls did not finish within the grace period"
-            );
-        }
+                .serve_connection(TokioIo::new(stream), service)
+        };
+        crate::server::accept_loop("cri_proxy", accept, shutdown, grace, serve).await;
     }
 }
 
