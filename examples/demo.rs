@@ -32,7 +32,17 @@ async fn main() {
         "1.0",
         &TestImage::build("demo-slow", 96 * 1024, "amd64"),
     );
-    let agent = Agent::start(&sb, &["--backoff-expiry", "10m"]);
+    let containerd = sb.containerd_sock.to_str().expect("utf-8 path").to_string();
+    // Interposer for attempts and causes, containerd source for bytes and progress.
+    let agent = Agent::start(
+        &sb,
+        &[
+            "--backoff-expiry",
+            "10m",
+            "--containerd-socket",
+            &containerd,
+        ],
+    );
     println!("pullwatch is interposing on {}", agent.proxy_sock.display());
     println!("metrics: http://{}/metrics\n", agent.addr);
 
@@ -106,6 +116,8 @@ async fn main() {
             "pullwatch_image_pulls_total",
             "pullwatch_image_pull_failures_total",
             "pullwatch_image_pull_backoff{",
+            "pullwatch_image_pull_bytes_total",
+            "pullwatch_runtime_up",
         ];
         if keep.iter().any(|k| line.starts_with(k)) {
             println!("{line}");

@@ -69,11 +69,25 @@ pub async fn run(
             drop(bound); // removes the socket file
         }));
     }
+    let mut source_tasks = Vec::new();
+    if let Some(cc) = config.containerd.clone() {
+        tracing::info!(socket = %cc.socket.display(), namespace = %cc.namespace, passive = cc.emit_attempts, "containerd source on");
+        let source = crate::sources::containerd::ContainerdSource::new(cc, recorder.clone());
+        source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+    }
+    if let Some((socket, interval)) = config.runtime_status.clone() {
+        let source =
+            crate::sources::cri_client::CriClientSource::new(socket, interval, recorder.clone());
+        source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+    }
     ready.set(true);
     shutdown.await;
     ready.set(false);
     let _ = stop_tx.send(true);
     if let Some(t) = proxy_task {
+        let _ = t.await;
+    }
+    for t in source_tasks {
         let _ = t.await;
     }
     let _ = http_task.await;

@@ -58,6 +58,49 @@ pub struct RunArgs {
     )]
     pub runtime_socket: PathBuf,
 
+    /// containerd's API socket. Turns on the containerd source (passive mode): live download
+    /// progress, stalls and, without the interposer, pulled images. Needs no kubelet change.
+    #[arg(long, env = "PULLWATCH_CONTAINERD_SOCKET", value_name = "PATH")]
+    pub containerd_socket: Option<PathBuf>,
+
+    /// containerd namespace of kubelet's images.
+    #[arg(
+        long,
+        env = "PULLWATCH_CONTAINERD_NAMESPACE",
+        default_value = "k8s.io",
+        value_name = "NAME"
+    )]
+    pub containerd_namespace: String,
+
+    /// How often the containerd source polls downloads in progress.
+    #[arg(
+        long,
+        env = "PULLWATCH_INGEST_POLL_INTERVAL",
+        default_value = "1s",
+        value_name = "DURATION"
+    )]
+    pub ingest_poll_interval: String,
+
+    /// A download without progress for this long counts in `pullwatch_image_pull_stalled`
+    /// (containerd 2.x cancels such pulls after its `image_pull_progress_timeout`).
+    #[arg(
+        long,
+        env = "PULLWATCH_STALL_AFTER",
+        default_value = "60s",
+        value_name = "DURATION"
+    )]
+    pub stall_after: String,
+
+    /// How often runtime health and inventory (CRI Version, Status, ListImages, ImageFsInfo) are
+    /// read from --runtime-socket; `0s` turns this off.
+    #[arg(
+        long,
+        env = "PULLWATCH_RUNTIME_STATUS_INTERVAL",
+        default_value = "30s",
+        value_name = "DURATION"
+    )]
+    pub runtime_status_interval: String,
+
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
     #[arg(
         long,

@@ -2,6 +2,7 @@
 
 use crate::cli::{LogFormat, RunArgs};
 use crate::recorder::RecorderConfig;
+use crate::sources::containerd::ContainerdConfig;
 use crate::sources::cri_proxy::ProxyConfig;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +39,10 @@ pub fn parse_duration(flag: &'static str, value: &str) -> Result<Duration, Confi
 pub struct RunConfig {
     /// Interposer settings, if enabled.
     pub proxy: Option<ProxyConfig>,
+    /// containerd source settings, if enabled.
+    pub containerd: Option<ContainerdConfig>,
+    /// CRI status polling: runtime socket and interval, if enabled.
+    pub runtime_status: Option<(std::path::PathBuf, Duration)>,
     /// HTTP endpoint address.
     pub listen: SocketAddr,
     /// Recorder limits.
@@ -113,12 +118,44 @@ impl RunConfig {
             }),
             None => None,
         };
-        if proxy.is_none() {
+        let poll_interval = parse_duration("ingest-poll-interval", &args.ingest_poll_interval)?;
+        if poll_interval < Duration::from_millis(50) {
+            return Err(err("ingest-poll-interval", "must be at least 50ms"));
+        }
+        let stall_after = parse_duration("stall-after", &args.stall_after)?;
+        if stall_after < poll_interval {
             return Err(err(
-                "cri-proxy-socket",
-                "no source enabled: pass --cri-proxy-socket PATH to run the CRI interposer",
+                "stall-after",
+                "must be at least --ingest-poll-interval",
             ));
         }
+        if args.containerd_namespace.trim().is_empty() {
+            return Err(err("containerd-namespace", "must not be empty"));
+        }
+        let containerd = match &args.containerd_socket {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(err("containerd-socket", "must not be empty"));
+            }
+            Some(p) => Some(ContainerdConfig {
+                socket: p.clone(),
+                namespace: args.containerd_namespace.clone(),
+                poll_interval,
+                stall_after,
+                // With the interposer on, it is authoritative for attempts.
+                emit_attempts: proxy.is_none(),
+            }),
+            None => None,
+        };
+        if proxy.is_none() && containerd.is_none() {
+            return Err(err(
+                "cri-proxy-socket",
+                "no source enabled: pass --cri-proxy-socket PATH (interposer) and/or --containerd-socket PATH (passive mode)",
+            ));
+        }
+        let status_interval =
+            parse_duration("runtime-status-interval", &args.runtime_status_interval)?;
+        let runtime_status =
+            (!status_interval.is_zero()).then(|| (args.runtime_socket.clone(), status_interval));
         tracing_subscriber::EnvFilter::try_new(&args.log_level).map_err(|e| {
             err(
                 "log-level",
@@ -127,6 +164,8 @@ impl RunConfig {
         })?;
         Ok(Self {
             proxy,
+            containerd,
+            runtime_status,
             listen,
             recorder: RecorderConfig {
                 backoff_expiry,
@@ -204,6 +243,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no source enabled"), "{e}");
+        let e = RunConfig::from_args(&run_args(&[
+            "--containerd-socket",
+            "/c.sock",
+            "--stall-after",
+            "10ms",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--stall-after"), "{e}");
+    }
+
+    #[test]
+    fn passive_mode_emits_attempts_only_without_the_interposer() {
+        let c = RunConfig::from_args(&run_args(&["--containerd-socket", "/c.sock"])).unwrap();
+        let cd = c.containerd.unwrap();
+        assert!(cd.emit_attempts);
+        assert_eq!(
+            (cd.namespace.as_str(), cd.stall_after),
+            ("k8s.io", Duration::from_secs(60))
+        );
+        assert_eq!(c.runtime_status.unwrap().1, Duration::from_secs(30));
+        let c = RunConfig::from_args(&run_args(&[
+            "--containerd-socket",
+            "/c.sock",
+            "--cri-proxy-socket",
+            "/p.sock",
+            "--runtime-status-interval",
+            "0s",
+        ]))
+        .unwrap();
+        assert!(!c.containerd.unwrap().emit_attempts);
+        assert!(c.runtime_status.is_none());
     }
 
     #[test]

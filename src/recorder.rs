@@ -83,6 +83,11 @@ impl Recorder {
         a.value()
     }
 
+    /// The `registry` label value for `registry`, after the cardinality cap.
+    pub fn registry_label<'a>(&self, registry: &'a str) -> &'a str {
+        self.admit(&self.registries, registry)
+    }
+
     /// Marks a pull to `registry` as started; it counts as in flight until the guard drops.
     pub fn pull_started(&self, registry: &str) -> InFlight {
         let registry = self.admit(&self.registries, registry);

@@ -14,6 +14,7 @@ fn readme_documents_every_metric_with_type_and_labels() {
         let labels: Vec<String> = cells[3]
             .split(',')
             .map(|l| l.trim().trim_matches('`').to_string())
+            .filter(|l| !l.is_empty())
             .collect();
         documented.insert(name, (cells[2].to_string(), labels));
     }

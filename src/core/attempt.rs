@@ -16,13 +16,22 @@ pub const UNKNOWN_REGISTRY: &str = "unknown";
 pub enum Source {
     /// The CRI interposer in kubelet's call path: exact start, end and error.
     CriProxy,
+    /// containerd's events and ingests (passive mode): successes only, start estimated from the
+    /// first download seen.
+    Containerd,
 }
 
 impl Source {
+    /// Whether start and duration are estimates rather than measured on the call.
+    pub fn is_estimated(self) -> bool {
+        self == Source::Containerd
+    }
+
     /// Label/JSON value.
     pub fn as_str(self) -> &'static str {
         match self {
             Source::CriProxy => "cri_proxy",
+            Source::Containerd => "containerd",
         }
     }
 }

@@ -64,13 +64,24 @@ impl Agent {
         Self::start_at(sb, proxy_sock, extra)
     }
 
+    /// Starts `pullwatch run` without the interposer (passive mode); `extra` names the sources.
+    pub fn start_passive(sb: &Sandbox, extra: &[&str]) -> Self {
+        Self::spawn(sb, None, extra)
+    }
+
     pub fn start_at(sb: &Sandbox, proxy_sock: PathBuf, extra: &[&str]) -> Self {
+        Self::spawn(sb, Some(proxy_sock), extra)
+    }
+
+    fn spawn(sb: &Sandbox, proxy_sock: Option<PathBuf>, extra: &[&str]) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log_path = sb.dir.path().join(format!("pullwatch-{}.log", addr.port()));
-        let child = Command::new(pullwatch_bin())
-            .arg("run")
-            .arg("--cri-proxy-socket")
-            .arg(&proxy_sock)
+        let mut cmd = Command::new(pullwatch_bin());
+        cmd.arg("run");
+        if let Some(p) = &proxy_sock {
+            cmd.arg("--cri-proxy-socket").arg(p);
+        }
+        let child = cmd
             .arg("--runtime-socket")
             .arg(&sb.containerd_sock)
             .arg("--listen")
@@ -83,7 +94,7 @@ impl Agent {
             .unwrap();
         let agent = Self {
             child: Some(child),
-            proxy_sock,
+            proxy_sock: proxy_sock.unwrap_or_default(),
             addr,
             log_path,
         };

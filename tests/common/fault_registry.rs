@@ -14,6 +14,8 @@
 //! | `dropblob/`       | manifest ok, then layer blobs stop after a few KiB and the connection drops  |
 //! | `slow/`           | layer blobs trickle at `slow_bytes_per_sec`                                  |
 //! | `hang/`           | never answers manifest requests (until 5 minutes pass)                       |
+//! | `throttled/`      | layer blobs at 1 MiB/s (containerd's ingest offset moves in 1 MiB steps)     |
+//! | `stallblob/`      | layer blobs send 2 MiB, then nothing more (until 5 minutes pass)            |
 //!
 //! Every request is counted by path so tests can assert what the runtime asked for.
 
@@ -29,6 +31,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const DOCKER_HUB_429_BODY: &str = r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"You have reached your pull rate limit. You may increase the limit by authenticating and upgrading: https://www.docker.com/increase-rate-limit"}]}"#;
+
+/// Rate of `throttled/` layer blobs.
+pub const THROTTLED_BYTES_PER_SEC: usize = 1 << 20;
+/// Bytes a `stallblob/` layer sends before it stops.
+pub const STALL_AFTER_BYTES: usize = 2 << 20;
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -253,6 +260,8 @@ impl FaultRegistry {
         match fault {
             "dropblob" if is_layer => Ok(trickle(blob, 4096, usize::MAX, true)),
             "slow" if is_layer => Ok(trickle(blob, 16 * 1024, self.slow_bytes_per_sec, false)),
+            "throttled" if is_layer => Ok(trickle(blob, 64 * 1024, THROTTLED_BYTES_PER_SEC, false)),
+            "stallblob" if is_layer => Ok(stall_after(blob, STALL_AFTER_BYTES)),
             _ => {
                 let mut r = full(StatusCode::OK, blob.clone());
                 r.headers_mut().insert("content-length", blob.len().into());
@@ -299,6 +308,26 @@ fn trickle(blob: Vec<u8>, chunk: usize, rate: usize, cut: bool) -> Response<Body
         }
         let frame = Frame::data(Bytes::copy_from_slice(&blob[off..end]));
         Some((Ok(frame), (blob, end)))
+    });
+    let mut r = Response::new(StreamBody::new(stream).boxed());
+    r.headers_mut().insert("content-length", len.into());
+    r.headers_mut()
+        .insert("content-type", "application/octet-stream".parse().unwrap());
+    r
+}
+
+/// Sends the first `after` bytes of `blob`, then nothing until 5 minutes pass.
+fn stall_after(blob: Vec<u8>, after: usize) -> Response<Body> {
+    let len = blob.len();
+    let head = Bytes::copy_from_slice(&blob[..after.min(len)]);
+    let stream = futures_util::stream::unfold(Some(head), |head| async move {
+        match head {
+            Some(h) => Some((Ok(Frame::data(h)), None)),
+            None => {
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                Some((Err(std::io::Error::other("fault: stall over")), None))
+            }
+        }
     });
     let mut r = Response::new(StreamBody::new(stream).boxed());
     r.headers_mut().insert("content-length", len.into());
