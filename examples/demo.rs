@@ -116,7 +116,6 @@ async fn main() {
             "pullwatch_image_pulls_total",
             "pullwatch_image_pull_failures_total",
             "pullwatch_image_pull_backoff{",
-            "pullwatch_image_pull_bytes_total",
             "pullwatch_runtime_up",
         ];
         if keep.iter().any(|k| line.starts_with(k)) {
