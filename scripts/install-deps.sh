@@ -6,7 +6,10 @@ PACKAGES=(
   containerd runc     # the real container runtime the tests and demo pull through
   docker-registry     # distribution 2.8: the real registry images are pushed to
   skopeo              # pushes test images from OCI layouts
-  prometheus          # real Prometheus + promtool for the scrape/PromQL tests
+  prometheus          # real Prometheus + promtool for the scrape/PromQL tests and rule tests
+  prometheus-alertmanager  # real Alertmanager for the notification test
+  python3 python3-pip python3-yaml  # kubernetes-validate (PyPI) and YAML parsing in the deploy tests
+  systemd             # systemd-analyze verify for the interposer unit
   util-linux iproute2 procps ca-certificates curl
 )
 missing=()
@@ -22,8 +25,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update
   apt-get install -y --no-install-recommends "${missing[@]}"
 fi
+# kubectl (for `kubectl kustomize`): use the one on the machine; Debian's package otherwise.
+if ! command -v kubectl >/dev/null; then
+  apt-get install -y --no-install-recommends kubernetes-client
+fi
+# Offline Kubernetes schema validation (PyPI). Debian 12 marks its Python externally managed.
+if ! command -v kubernetes-validate >/dev/null; then
+  python3 -m pip install --quiet kubernetes-validate \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
 # Debian starts packaged services on install where it can; the tests run their own instances.
-for svc in containerd prometheus docker-registry prometheus-node-exporter; do
+for svc in containerd prometheus prometheus-alertmanager docker-registry prometheus-node-exporter; do
   systemctl stop "$svc" 2>/dev/null || true
 done
 if ! command -v cargo >/dev/null; then

@@ -1,0 +1,31 @@
+# pullwatch container image. Build: docker build -t pullwatch .
+# The build stage runs the same steps as CI: protobuf-compiler from Debian, `cargo build --release --locked`.
+
+FROM docker.io/library/rust:1-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+ARG PULLWATCH_REVISION=unknown
+ENV PULLWATCH_REVISION=${PULLWATCH_REVISION}
+RUN cargo build --release --locked --bin pullwatch \
+ && strip target/release/pullwatch
+
+# distroless/cc: glibc and CA certificates, no shell or package manager.
+FROM gcr.io/distroless/cc-debian12:nonroot
+ARG PULLWATCH_REVISION=unknown
+LABEL org.opencontainers.image.title="pullwatch" \
+      org.opencontainers.image.description="Times and classifies every container image pull on a Kubernetes node, for Prometheus" \
+      org.opencontainers.image.source="https://github.com/pullwatch/pullwatch" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${PULLWATCH_REVISION}"
+COPY --from=build /src/target/release/pullwatch /usr/local/bin/pullwatch
+# Non-root by default. Reading the runtime socket (root:root 0660 on most hosts) needs uid 0 or
+# the socket's group: the DaemonSet sets runAsUser accordingly and drops all capabilities.
+USER 65532:65532
+EXPOSE 9798
+ENTRYPOINT ["pullwatch"]
+CMD ["run"]

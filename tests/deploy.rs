@@ -1,0 +1,359 @@
+//! Static checks of everything shipped to clusters: kustomize renders valid Kubernetes objects,
+//! alert rules pass promtool (and their unit tests), the PrometheusRule carries the same rules,
+//! every alert has a runbook, dashboards are valid and use only real metrics, the systemd unit
+//! verifies, and the Dockerfile builds the way CI does.
+
+use pullwatch::sinks::metrics::FAMILIES;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(cmd)
+        .args(args)
+        .current_dir(ROOT)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (scripts/install-deps.sh installs it)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(cmd: &str, args: &[&str], stdin: Option<&str>) -> String {
+    let o = run(cmd, args, stdin);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{cmd} {args:?} failed:\n{text}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// YAML (possibly multi-document) to JSON values, with PyYAML.
+fn yaml(text: &str) -> Vec<Value> {
+    let script = "import sys,yaml,json; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))";
+    serde_json::from_str(&ok("python3", &["-c", script], Some(text))).unwrap()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn render(dir: &str) -> Vec<Value> {
+    let out = ok("kubectl", &["kustomize", dir], None);
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tmp.path(), &out).unwrap();
+    ok(
+        "kubernetes-validate",
+        &["--strict", "--quiet", tmp.path().to_str().unwrap()],
+        None,
+    );
+    yaml(&out)
+}
+
+fn kind<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
+    let docs = render("deploy/kubernetes/base");
+    let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["DaemonSet", "Namespace", "Service", "ServiceAccount"])
+    );
+    let ds = kind(&docs, "DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["tolerations"][0]["operator"], "Exists");
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["env"][0]["name"], "NODE_NAME");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.nodeName"
+    );
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["readOnly"] == true)
+    );
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    // The arguments are ones the binary accepts.
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let bin = env!("CARGO_BIN_EXE_pullwatch");
+    let help = ok(bin, &["run", "--help"], None);
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(help.contains(flag), "DaemonSet passes unknown flag {flag}");
+    }
+    let svc = kind(&docs, "Service");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 9798);
+}
+
+#[test]
+fn prometheus_operator_overlay_carries_the_same_rules() {
+    let docs = render("deploy/kubernetes/overlays/prometheus-operator");
+    let rule = kind(&docs, "PrometheusRule");
+    let file = &yaml(&read("deploy/prometheus/pullwatch-rules.yml"))[0];
+    assert_eq!(
+        rule["spec"], *file,
+        "PrometheusRule and pullwatch-rules.yml differ"
+    );
+    let sm = kind(&docs, "ServiceMonitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "metrics");
+    assert!(
+        docs.iter().any(|d| d["kind"] == "DaemonSet"),
+        "overlay includes the base"
+    );
+}
+
+#[test]
+fn rules_pass_promtool_and_their_unit_tests() {
+    ok(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/pullwatch-rules.yml"],
+        None,
+    );
+    let out = ok(
+        "promtool",
+        &[
+            "test",
+            "rules",
+            "deploy/prometheus/pullwatch-rules.test.yml",
+        ],
+        None,
+    );
+    assert!(out.contains("SUCCESS"), "{out}");
+}
+
+fn alerts() -> Vec<Value> {
+    let file = &yaml(&read("deploy/prometheus/pullwatch-rules.yml"))[0];
+    file["groups"][0]["rules"].as_array().unwrap().clone()
+}
+
+#[test]
+fn every_alert_has_severity_runbook_and_unit_tests_both_ways() {
+    let tests = read("deploy/prometheus/pullwatch-rules.test.yml");
+    for a in alerts() {
+        let name = a["alert"].as_str().unwrap();
+        assert!(
+            ["warning", "critical"].contains(&a["labels"]["severity"].as_str().unwrap()),
+            "{name}"
+        );
+        let url = a["annotations"]["runbook_url"].as_str().unwrap();
+        assert!(
+            url.ends_with(&format!("docs/runbooks/{name}.md")),
+            "{name}: {url}"
+        );
+        let book = read(&format!("docs/runbooks/{name}.md"));
+        assert!(
+            book.contains("## Diagnose") && book.len() > 500,
+            "{name}: runbook too thin"
+        );
+        assert!(
+            a["annotations"]["summary"].as_str().unwrap().contains("{{"),
+            "{name}: summary not templated"
+        );
+        // The unit tests have a firing case and a must-not-fire case for it.
+        let section = tests
+            .split("  - name: ")
+            .find(|s| s.starts_with(name))
+            .unwrap_or_else(|| panic!("no tests for {name}"));
+        assert!(
+            section.contains("exp_alerts: []") && section.contains("exp_labels"),
+            "{name}"
+        );
+    }
+}
+
+/// Metric names a PromQL expression uses (identifiers followed by `{`, `[` or `)` that look like ours).
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in expr
+        .match_indices("pullwatch_")
+        .chain(expr.match_indices("process_"))
+    {
+        if i > 0
+            && (expr.as_bytes()[i - 1].is_ascii_alphanumeric() || expr.as_bytes()[i - 1] == b'_')
+        {
+            continue;
+        }
+        let name: String = expr[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        out.insert(name);
+    }
+    out
+}
+
+fn known_metric(name: &str) -> bool {
+    let base = ["_bucket", "_sum", "_count"]
+        .iter()
+        .fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+    FAMILIES.iter().any(|f| f.name == name || f.name == base)
+        || [
+            "process_resident_memory_bytes",
+            "process_cpu_seconds_total",
+            "process_open_fds",
+        ]
+        .contains(&name)
+}
+
+/// Every PromQL expression of the dashboards.
+pub fn dashboard_exprs() -> Vec<String> {
+    let d: Value = serde_json::from_str(&read("dashboards/pullwatch.json")).unwrap();
+    d["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn dashboard_is_valid_and_uses_only_real_metrics() {
+    let text = read("dashboards/pullwatch.json");
+    let d: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        d["uid"].is_string() && d["title"].is_string() && d["schemaVersion"].as_u64() >= Some(30)
+    );
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "cluster", "node", "registry"]);
+    assert_eq!(d["templating"]["list"][0]["type"], "datasource");
+    let mut ids = BTreeSet::new();
+    for p in d["panels"].as_array().unwrap() {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id");
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "hard-coded datasource in {}",
+            p["title"]
+        );
+        for t in p["targets"].as_array().unwrap() {
+            assert_eq!(t["datasource"]["uid"], "${datasource}");
+        }
+    }
+    let mut used = BTreeSet::new();
+    for e in dashboard_exprs().iter().chain(
+        alerts()
+            .iter()
+            .map(|a| a["expr"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+            .iter(),
+    ) {
+        for m in metric_names(e) {
+            assert!(known_metric(&m), "unknown metric {m} in {e}");
+            used.insert(m);
+        }
+    }
+    for needed in [
+        "pullwatch_image_pull_failures_total",
+        "pullwatch_image_pull_backoff",
+        "pullwatch_cri_requests_total",
+        "pullwatch_image_pull_stalled",
+    ] {
+        assert!(used.contains(needed), "no panel or alert uses {needed}");
+    }
+}
+
+#[test]
+fn systemd_unit_verifies_and_orders_before_kubelet() {
+    let unit = read("deploy/systemd/pullwatch-cri-proxy.service");
+    assert!(unit.contains("Before=kubelet.service") && unit.contains("Restart=always"));
+    assert!(
+        !unit
+            .lines()
+            .any(|l| l.starts_with("RequiredBy=") || l.starts_with("BindsTo=")),
+        "stopping pullwatch must not stop kubelet"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pullwatch-cri-proxy.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/pullwatch", env!("CARGO_BIN_EXE_pullwatch")),
+    )
+    .unwrap();
+    let o = run("systemd-analyze", &["verify", path.to_str().unwrap()], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && !err.contains("pullwatch-cri-proxy.service:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dockerfile_builds_the_way_ci_does() {
+    let df = read("Dockerfile");
+    let deps = read("scripts/install-deps.sh");
+    assert!(
+        df.contains("cargo build --release --locked"),
+        "reproducible build"
+    );
+    assert!(
+        df.contains("protobuf-compiler") && deps.contains("protobuf-compiler"),
+        "same protoc package as CI"
+    );
+    assert!(
+        df.contains("AS build") && df.contains("COPY --from=build"),
+        "multi-stage"
+    );
+    assert!(df.contains(r#"ENTRYPOINT ["pullwatch"]"#) && df.contains(r#"CMD ["run"]"#));
+    assert!(
+        df.lines()
+            .any(|l| l.starts_with("USER ") && !l.contains(" 0") && !l.contains("root")),
+        "non-root default user"
+    );
+    assert!(df.contains("org.opencontainers.image.source"));
+    for line in df
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(
+                Path::new(ROOT).join(src).exists(),
+                "Dockerfile copies missing {src}"
+            );
+        }
+    }
+}
