@@ -3,6 +3,9 @@
 //! every alert has a runbook, dashboards are valid and use only real metrics, the systemd unit
 //! verifies, and the Dockerfile builds the way CI does.
 
+mod common;
+
+use common::dashboard_exprs;
 use pullwatch::sinks::metrics::FAMILIES;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -227,23 +230,6 @@ fn known_metric(name: &str) -> bool {
             "process_open_fds",
         ]
         .contains(&name)
-}
-
-/// Every PromQL expression of the dashboards.
-pub fn dashboard_exprs() -> Vec<String> {
-    let d: Value = serde_json::from_str(&read("dashboards/pullwatch.json")).unwrap();
-    d["panels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| {
-            p["targets"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["expr"].as_str().unwrap().to_string())
-        })
-        .collect()
 }
 
 #[test]

@@ -4,70 +4,20 @@
 
 mod common;
 
-use common::agent::{Agent, http_get};
+use common::agent::Agent;
 use common::image::TestImage;
-use common::sandbox::{Sandbox, free_port, require};
+use common::prometheus::{query, start_prometheus};
+use common::sandbox::{Sandbox, require};
 use common::{pull_as, reason_of};
-use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-struct Prometheus(Child, SocketAddr);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_prometheus(dir: &std::path::Path, target: SocketAddr) -> Prometheus {
-    require("prometheus");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cfg = dir.join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let p = Prometheus(child, addr);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
-        assert!(Instant::now() < deadline, "prometheus not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    p
-}
-
-/// Runs an instant query; returns `label value -> sample value` for `by_label`.
-fn query(prom: SocketAddr, q: &str, by_label: &str) -> BTreeMap<String, f64> {
-    let path = format!(
-        "/api/v1/query?query={}",
-        utf8_percent_encode(q, NON_ALPHANUMERIC)
-    );
-    let (status, body) = http_get(prom, &path).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["status"], "success", "{body}");
-    v["data"]["result"]
-        .as_array()
-        .unwrap()
+/// `label value -> sample value` of an instant query, keyed by `by_label`.
+fn by_label(prom: SocketAddr, q: &str, by_label: &str) -> BTreeMap<String, f64> {
+    query(prom, q)
         .iter()
         .map(|r| {
             let key = r["metric"][by_label].as_str().unwrap_or("").to_string();
@@ -84,7 +34,7 @@ async fn prometheus_scrapes_failures_by_reason() {
     let good = sb.push(&img, "team/app", "1");
     sb.fault.add("team/app", "1", &img);
     let agent = Agent::start(&sb, &[]);
-    let prom = start_prometheus(sb.dir.path(), agent.addr);
+    let prom = start_prometheus(sb.dir.path(), agent.addr, "");
     let f = sb.fault.host();
     let s = &agent.proxy_sock;
     let t = Duration::from_secs(60);
@@ -111,7 +61,7 @@ async fn prometheus_scrapes_failures_by_reason() {
     let q = "sum by (reason) (pullwatch_image_pull_failures_total)";
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = query(prom.1, q, "reason");
+        let got = by_label(prom.addr, q, "reason");
         if got == want {
             break;
         }
@@ -121,15 +71,15 @@ async fn prometheus_scrapes_failures_by_reason() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let backoff = query(
-        prom.1,
+    let backoff = by_label(
+        prom.addr,
         "sum by (namespace) (pullwatch_image_pull_backoff)",
         "namespace",
     );
     // One pod, three failing images (the rate-limited one retried once): three pairs.
     assert_eq!(backoff.get("prod"), Some(&3.0), "{backoff:?}");
-    let ok = query(
-        prom.1,
+    let ok = by_label(
+        prom.addr,
         "sum(pullwatch_image_pulls_total{result=\"success\"})",
         "",
     );

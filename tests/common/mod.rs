@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod fault_registry;
 pub mod image;
+pub mod prometheus;
 pub mod sandbox;
 
 use pullwatch::core::attempt::Outcome;
@@ -46,4 +47,20 @@ pub fn message_of(r: &PullReport) -> String {
         Outcome::Success { .. } => String::new(),
         Outcome::Failure { message, .. } => message.clone(),
     }
+}
+
+/// Every PromQL expression of the Grafana dashboards in `dashboards/`.
+pub fn dashboard_exprs() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("dashboards/") {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                out.push(t["expr"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    out
 }

@@ -1,0 +1,162 @@
+//! Real Prometheus and Alertmanager processes for the tests, on loopback, plus a webhook receiver.
+
+use super::agent::http_get;
+use super::sandbox::{free_port, require};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_ready(addr: SocketAddr, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts Prometheus scraping `target` every second; `extra` is appended to the config
+/// (rule_files, alerting).
+pub fn start_prometheus(dir: &Path, target: SocketAddr, extra: &str) -> Server {
+    require("prometheus");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n{extra}"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("prometheus.log");
+    let child = Command::new("prometheus")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Server { child, addr };
+    wait_ready(addr, "prometheus", &log);
+    s
+}
+
+/// Starts Alertmanager with `config` (YAML), clustering off.
+pub fn start_alertmanager(dir: &Path, config: &str) -> Server {
+    require("prometheus-alertmanager");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cfg = dir.join("alertmanager.yml");
+    std::fs::write(&cfg, config).unwrap();
+    let log = dir.join("alertmanager.log");
+    let child = Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", cfg.display()))
+        .arg(format!("--storage.path={}", dir.join("am").display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Server { child, addr };
+    wait_ready(addr, "alertmanager", &log);
+    s
+}
+
+/// Runs a PromQL instant query; returns the API's `data.result` array (panics on API errors).
+pub fn query(prom: SocketAddr, q: &str) -> Vec<Value> {
+    let path = format!(
+        "/api/v1/query?query={}",
+        utf8_percent_encode(q, NON_ALPHANUMERIC)
+    );
+    let (status, body) = http_get(prom, &path).unwrap();
+    assert_eq!(status, 200, "{q}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "success", "{q}: {body}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// Collects the JSON bodies POSTed to it (Alertmanager's webhook receiver).
+#[derive(Clone)]
+pub struct Webhook {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Webhook {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let hook = Self {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+        };
+        let received = hook.received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut len = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                if reader.read_exact(&mut body).is_ok() {
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        received.lock().unwrap().push(v);
+                    }
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        hook
+    }
+}
+
+/// `(alert name, expression)` of every rule in a rules file (via PyYAML).
+pub fn rule_exprs(rules_yaml: &str) -> Vec<(String, String)> {
+    let script = "import sys,yaml,json; d=yaml.safe_load(sys.stdin); print(json.dumps([[r['alert'], r['expr']] for g in d['groups'] for r in g['rules']]))";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(rules_yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
