@@ -127,10 +127,10 @@ impl Webhook {
                     line.clear();
                 }
                 let mut body = vec![0; len];
-                if reader.read_exact(&mut body).is_ok() {
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        received.lock().unwrap().push(v);
-                    }
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    received.lock().unwrap().push(v);
                 }
                 let _ = reader.get_mut().write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
