@@ -36,11 +36,26 @@ fn wait_ready(addr: SocketAddr, what: &str, log: &Path) {
     }
 }
 
+/// Spawns `bin` with `args` (logging to `dir/<name>.log`) and waits until it answers `/-/ready`.
+fn spawn_ready(dir: &Path, bin: &str, args: Vec<String>) -> Server {
+    require(bin);
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let log = dir.join(format!("{bin}.log"));
+    let child = Command::new(bin)
+        .args(args)
+        .arg(format!("--web.listen-address={addr}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let s = Server { child, addr };
+    wait_ready(addr, bin, &log);
+    s
+}
+
 /// Starts Prometheus scraping `target` every second; `extra` is appended to the config
 /// (rule_files, alerting).
 pub fn start_prometheus(dir: &Path, target: SocketAddr, extra: &str) -> Server {
-    require("prometheus");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = dir.join("prometheus.yml");
     std::fs::write(
         &cfg,
@@ -49,42 +64,23 @@ pub fn start_prometheus(dir: &Path, target: SocketAddr, extra: &str) -> Server {
         ),
     )
     .unwrap();
-    let log = dir.join("prometheus.log");
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address={addr}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let s = Server { child, addr };
-    wait_ready(addr, "prometheus", &log);
-    s
+    let args = vec![
+        format!("--config.file={}", cfg.display()),
+        format!("--storage.tsdb.path={}", dir.join("tsdb").display()),
+    ];
+    spawn_ready(dir, "prometheus", args)
 }
 
 /// Starts Alertmanager with `config` (YAML), clustering off.
 pub fn start_alertmanager(dir: &Path, config: &str) -> Server {
-    require("prometheus-alertmanager");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = dir.join("alertmanager.yml");
     std::fs::write(&cfg, config).unwrap();
-    let log = dir.join("alertmanager.log");
-    let child = Command::new("prometheus-alertmanager")
-        .arg(format!("--config.file={}", cfg.display()))
-        .arg(format!("--storage.path={}", dir.join("am").display()))
-        .arg(format!("--web.listen-address={addr}"))
-        .arg("--cluster.listen-address=")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let s = Server { child, addr };
-    wait_ready(addr, "alertmanager", &log);
-    s
+    let args = vec![
+        format!("--config.file={}", cfg.display()),
+        format!("--storage.path={}", dir.join("am").display()),
+        "--cluster.listen-address=".to_string(),
+    ];
+    spawn_ready(dir, "prometheus-alertmanager", args)
 }
 
 /// Runs a PromQL instant query; returns the API's `data.result` array (panics on API errors).

@@ -27,6 +27,8 @@ pub const SOURCE: &str = "containerd";
 /// Image events closer than this for the same repository are one pull (containerd creates a
 /// tag, a digest and an ID record per pull).
 const SAME_PULL_WINDOW: Duration = Duration::from_secs(10);
+/// Listing all content to attribute downloads is not cheap on big nodes: at most this often.
+const ORIGIN_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(5);
 /// Downloads seen but never followed by an image event are forgotten after this.
 const FIRST_SEEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -72,6 +74,7 @@ pub struct ContainerdSource {
     recorder: Arc<Recorder>,
     tracker: IngestTracker,
     origins: HashMap<String, Origin>,
+    origins_refreshed: Option<Instant>,
     first_seen: HashMap<Origin, Instant>,
     last_emitted: HashMap<(String, String), Instant>,
 }
@@ -84,6 +87,7 @@ impl ContainerdSource {
             config,
             recorder,
             origins: HashMap::new(),
+            origins_refreshed: None,
             first_seen: HashMap::new(),
             last_emitted: HashMap::new(),
         }
@@ -193,8 +197,12 @@ impl ContainerdSource {
         let unknown = samples
             .iter()
             .any(|s| !self.origins.contains_key(s.digest()));
-        if unknown {
+        let due = self
+            .origins_refreshed
+            .is_none_or(|t| now.saturating_duration_since(t) >= ORIGIN_REFRESH_MIN_INTERVAL);
+        if unknown && due {
             self.refresh_origins(content).await?;
+            self.origins_refreshed = Some(now);
         }
         let origins = &self.origins;
         let events = self
