@@ -86,7 +86,13 @@ impl Agent {
             .arg(&sb.containerd_sock)
             .arg("--listen")
             .arg(addr.to_string())
-            .args(["--log-format", "json", "--log-level", "trace"])
+            .args(["--log-format", "json"])
+            // Trace by default (the credential test reads everything); callers may lower it.
+            .args(if extra.contains(&"--log-level") {
+                &[][..]
+            } else {
+                &["--log-level", "trace"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path).unwrap())
@@ -108,6 +114,11 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(30));
         }
         agent
+    }
+
+    /// Process id of the agent.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     pub fn scrape(&self) -> String {

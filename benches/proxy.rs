@@ -1,0 +1,288 @@
+//! Benchmarks for issue "prove it is safe in kubelet's path", measured side by side in one run
+//! against real containerd in the sandbox harness. Prints ratios; run with
+//! `sudo cargo bench --bench proxy` (needs the same packages and root as the e2e tests).
+//! Sizes can be reduced for a quick look: `PULLWATCH_BENCH_SCALE=0.1 cargo bench --bench proxy`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::agent::Agent;
+use common::image::TestImage;
+use common::sandbox::Sandbox;
+use pullwatch::core::attempt::{Outcome, PodRef, PullAttempt, Source};
+use pullwatch::core::classifier::classify_message;
+use pullwatch::core::reference::ImageRef;
+use pullwatch::cri::{ImageSpec, ImageStatusRequest, ListImagesRequest, VersionRequest};
+use pullwatch::cri_client::CriClient;
+use pullwatch::recorder::{Recorder, RecorderConfig};
+use std::time::{Duration, Instant, SystemTime};
+use tonic::Code;
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("PULLWATCH_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(10)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// (utime + stime) in clock ticks, and RSS in KiB, of a process.
+fn proc_stats(pid: u32) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let cpu = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    (cpu, rss)
+}
+
+async fn unary(c: &mut CriClient, which: usize, image: &str) {
+    match which {
+        0 => drop(c.runtime.version(VersionRequest::default()).await.unwrap()),
+        1 => drop(
+            c.images
+                .list_images(ListImagesRequest::default())
+                .await
+                .unwrap(),
+        ),
+        _ => drop(
+            c.images
+                .image_status(ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: image.into(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                })
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let sb = Sandbox::start().await;
+    let image = sb.push(&TestImage::build("bench", 4096, "amd64"), "bench/app", "1");
+    let agent = Agent::start(&sb, &["--log-level", "warn"]);
+    let t = Duration::from_secs(60);
+    common::pull_as(&sb.containerd_sock, &image, None, t).await;
+    let mut direct = CriClient::connect(&sb.containerd_sock, t).await.unwrap();
+    let mut proxied = CriClient::connect(&agent.proxy_sock, t).await.unwrap();
+    let pid = agent.pid();
+    let (_, rss_idle) = proc_stats(pid);
+    println!("machine: {} cores, {}", num_cores(), kernel());
+    println!("agent RSS idle: {:.1} MiB", rss_idle as f64 / 1024.0);
+
+    // 1. Unary latency, same client code, interleaved direct/proxied.
+    println!(
+        "\n## unary latency, interleaved (n per side per method: {})",
+        scale(3000)
+    );
+    for (which, name) in [(0, "Version"), (1, "ListImages"), (2, "ImageStatus")] {
+        let n = scale(3000);
+        let (mut d, mut p) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..200 {
+            unary(&mut direct, which, &image).await;
+            unary(&mut proxied, which, &image).await;
+        }
+        for _ in 0..n {
+            let s = Instant::now();
+            unary(&mut direct, which, &image).await;
+            d.push(s.elapsed());
+            let s = Instant::now();
+            unary(&mut proxied, which, &image).await;
+            p.push(s.elapsed());
+        }
+        d.sort();
+        p.sort();
+        let (d50, d99, p50, p99) = (pct(&d, 0.5), pct(&d, 0.99), pct(&p, 0.5), pct(&p, 0.99));
+        println!(
+            "{name:<12} direct p50 {:>7.1}us p99 {:>7.1}us | proxied p50 {:>7.1}us p99 {:>7.1}us | ratio p50 {:.3} p99 {:.3} | added p50 {:.1}us",
+            us(d50),
+            us(d99),
+            us(p50),
+            us(p99),
+            p50.as_secs_f64() / d50.as_secs_f64(),
+            p99.as_secs_f64() / d99.as_secs_f64(),
+            us(p50) - us(d50)
+        );
+    }
+
+    // 2. Throughput with concurrent clients, and the agent's CPU per 1000 calls.
+    let secs = 3.0 * scale(100) as f64 / 100.0;
+    for (label, sock) in [
+        ("direct", sb.containerd_sock.clone()),
+        ("proxied", agent.proxy_sock.clone()),
+    ] {
+        let (cpu0, _) = proc_stats(pid);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let sock = sock.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut c = CriClient::connect(&sock, Duration::from_secs(10))
+                    .await
+                    .unwrap();
+                let mut n = 0u64;
+                while start.elapsed().as_secs_f64() < secs {
+                    c.runtime.version(VersionRequest::default()).await.unwrap();
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.unwrap();
+        }
+        let el = start.elapsed().as_secs_f64();
+        let (cpu1, _) = proc_stats(pid);
+        let ticks = cpu1 - cpu0;
+        let agent_cpu_ms = ticks as f64 * 1000.0 / clk_tck();
+        print!(
+            "\n## throughput {label}: {:.0} Version calls/s (32 clients, {el:.1}s)",
+            total as f64 / el
+        );
+        if label == "proxied" {
+            print!(
+                "; agent CPU {:.1} ms per 1000 calls",
+                agent_cpu_ms / (total as f64 / 1000.0)
+            );
+        }
+        println!();
+    }
+
+    // 3. A large pull through the interposer vs direct (two distinct images of the same size).
+    let size = scale(64) << 20;
+    let a = sb.push(
+        &TestImage::build("big-a", size, "amd64"),
+        "bench/big-a",
+        "1",
+    );
+    let b = sb.push(
+        &TestImage::build("big-b", size, "amd64"),
+        "bench/big-b",
+        "1",
+    );
+    let s = Instant::now();
+    assert_eq!(
+        common::reason_of(&common::pull_as(&sb.containerd_sock, &a, None, t).await),
+        "success"
+    );
+    let d = s.elapsed();
+    let s = Instant::now();
+    assert_eq!(
+        common::reason_of(&common::pull_as(&agent.proxy_sock, &b, Some(("bench", "p")), t).await),
+        "success"
+    );
+    let p = s.elapsed();
+    println!(
+        "\n## large pull ({} MiB layer): direct {:.2}s, proxied {:.2}s, ratio {:.3}",
+        size >> 20,
+        d.as_secs_f64(),
+        p.as_secs_f64(),
+        p.as_secs_f64() / d.as_secs_f64()
+    );
+
+    // 4. Memory after a flood of distinct images and pods through the interposer (not_found).
+    let n = scale(10_000);
+    let start = Instant::now();
+    for i in 0..n {
+        let img = format!("{}/flood/img-{i}:1", sb.registry);
+        let pod = format!("pod-{}", i % 1000);
+        common::pull_as(&agent.proxy_sock, &img, Some(("flood", &pod)), t).await;
+    }
+    let (_, rss_loaded) = proc_stats(pid);
+    let m = agent.scrape();
+    let series = m.lines().filter(|l| !l.starts_with('#')).count();
+    println!(
+        "\n## flood: {n} distinct images, 1000 pods in {:.1}s; agent RSS {:.1} MiB (idle {:.1} MiB); {series} series exported",
+        start.elapsed().as_secs_f64(),
+        rss_loaded as f64 / 1024.0,
+        rss_idle as f64 / 1024.0
+    );
+
+    // 5. In-process: /metrics render with ~10 000 series, classifier throughput.
+    let cfg = RecorderConfig {
+        image_label_cap: Some(10_000),
+        max_registries: 1000,
+        max_namespaces: 1000,
+        ..Default::default()
+    };
+    let r = Recorder::new(&cfg).unwrap();
+    for i in 0..10_000 {
+        let image = format!("reg{}.example.com/team/app-{i}:1", i % 50);
+        r.record(&PullAttempt {
+            reference: ImageRef::parse(&image).ok(),
+            image,
+            pod: Some(PodRef {
+                namespace: format!("ns-{}", i % 100),
+                name: format!("p{i}"),
+                uid: String::new(),
+            }),
+            started_at: SystemTime::now(),
+            duration: Duration::from_millis(500),
+            outcome: Outcome::failure(Code::Unknown, "x: not found"),
+            source: Source::CriProxy,
+        });
+    }
+    let text = r.render();
+    let series = text.lines().filter(|l| !l.starts_with('#')).count();
+    let runs = 20;
+    let s = Instant::now();
+    for _ in 0..runs {
+        std::hint::black_box(r.render());
+    }
+    println!(
+        "\n## /metrics render: {series} series in {:.2} ms",
+        s.elapsed().as_secs_f64() * 1000.0 / runs as f64
+    );
+    let corpus: Vec<&str> = include_str!("../tests/fixtures/error_corpus.tsv")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.splitn(3, '\t').nth(2))
+        .collect();
+    let n = scale(1_000_000);
+    let s = Instant::now();
+    for i in 0..n {
+        std::hint::black_box(classify_message(corpus[i % corpus.len()]));
+    }
+    println!(
+        "## classifier: {:.2} M messages/s (corpus of {} real messages)",
+        n as f64 / s.elapsed().as_secs_f64() / 1e6,
+        corpus.len()
+    );
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn clk_tck() -> f64 {
+    100.0 // USER_HZ on Linux x86_64 and arm64
+}
+
+fn num_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
