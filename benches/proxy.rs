@@ -75,6 +75,11 @@ async fn unary(c: &mut CriClient, which: usize, image: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("benches/proxy.rs measures; run it with `cargo bench --bench proxy`");
+        return;
+    }
     let sb = Sandbox::start().await;
     let image = sb.push(&TestImage::build("bench", 4096, "amd64"), "bench/app", "1");
     let agent = Agent::start(&sb, &["--log-level", "warn"]);
