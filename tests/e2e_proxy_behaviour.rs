@@ -402,3 +402,59 @@ async fn caller_cancel_is_recorded_and_reaches_the_runtime() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A PullImage request whose field 1 holds bytes that are not an ImageSpec.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GarbagePull {
+    #[prost(bytes = "vec", tag = "1")]
+    junk: Vec<u8>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_pull_requests_are_forwarded_unchanged_and_counted() {
+    let sb = Sandbox::start().await;
+    let agent = Agent::start(&sb, &[]);
+    let call = |sock: std::path::PathBuf| async move {
+        let c = CriClient::connect(&sock, T).await.unwrap();
+        let mut grpc = tonic::client::Grpc::new(c.channel.clone());
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<GarbagePull, Anything>::default();
+        let req = tonic::Request::new(GarbagePull {
+            junk: vec![0xff, 0xff, 0xff, 0x07],
+        });
+        grpc.unary(
+            req,
+            http::uri::PathAndQuery::from_static("/runtime.v1.ImageService/PullImage"),
+            codec,
+        )
+        .await
+        .unwrap_err()
+    };
+    let direct = call(sb.containerd_sock.clone()).await;
+    let proxied = call(agent.proxy_sock.clone()).await;
+    // The runtime, not pullwatch, judged the bytes: same answer both ways.
+    assert_eq!(
+        (proxied.code(), proxied.message()),
+        (direct.code(), direct.message())
+    );
+    let m = agent.scrape_until("the attempt", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) == 1.0
+    });
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_decode_errors_total",
+            &[("message", "pull_image_request")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pulls_total",
+            &[("registry", "unknown"), ("result", "failure")]
+        ),
+        1.0
+    );
+}
