@@ -148,10 +148,12 @@ async fn stalled_download_appears_and_clears_when_the_pull_is_canceled() {
         sum(m, "pullwatch_image_pull_downloads_in_flight", &[]) == 0.0
     });
     assert_eq!(sum(&m, "pullwatch_image_pull_stalled", &[]), 0.0);
-    assert_eq!(
-        sum(&m, "pullwatch_image_pull_bytes_total", &[]),
-        0.0,
-        "a canceled download is not bytes pulled"
+    // The manifest and config may have been seen completing (bytes pulled, a few hundred); the
+    // canceled layer, with megabytes received, must not count.
+    let pulled = sum(&m, "pullwatch_image_pull_bytes_total", &[]);
+    assert!(
+        pulled < (64 << 10) as f64,
+        "a canceled download counted as pulled: {pulled}"
     );
     assert_eq!(
         agent

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::Code;
-use upstream::{MAX_HEADER_LIST_SIZE, Upstream};
+use upstream::{CONNECTION_WINDOW, MAX_HEADER_LIST_SIZE, STREAM_WINDOW, Upstream};
 
 /// Interposer settings.
 #[derive(Debug, Clone)]
@@ -94,7 +94,8 @@ impl CriProxy {
             let proxy = self.clone();
             let service = hyper::service::service_fn(move |req| proxy.clone().handle(req));
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .adaptive_window(true)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .initial_stream_window_size(STREAM_WINDOW)
                 .max_header_list_size(MAX_HEADER_LIST_SIZE)
                 .max_concurrent_streams(None)
                 .serve_connection(TokioIo::new(stream), service)

@@ -10,6 +10,14 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+/// HTTP/2 flow-control windows on both sides. Large and fixed (not adaptive): h2's protection
+/// against floods of small DATA frames budgets them at half the connection window, and a burst of
+/// hundreds of concurrent unary calls (5-byte frames each) from kubelet must not trip it.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Per-stream window: a CRI message (up to 16 MiB) flows without waiting on a window update
+/// per 64 KiB.
+pub const STREAM_WINDOW: u32 = 2 << 20;
+
 /// Header list limit on both sides; matches grpc-go's default so pullwatch is never stricter
 /// than kubelet or the runtime.
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 << 20;
@@ -83,7 +91,8 @@ where
                 source,
             })?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .adaptive_window(true)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .initial_stream_window_size(STREAM_WINDOW)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .handshake(TokioIo::new(stream))
             .await?;

@@ -1,0 +1,148 @@
+//! End to end: faults the interposer must survive — the runtime dying mid-pull, many concurrent
+//! streams, and messages near the CRI size limit.
+
+mod common;
+
+use common::agent::{Agent, sum};
+use common::image::TestImage;
+use common::sandbox::Sandbox;
+use common::{pull_as, reason_of};
+use pullwatch::cri::{ImageSpec, ImageStatusRequest, VersionRequest};
+use pullwatch::cri_client::CriClient;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(60);
+/// Concurrent calls in the burst test (the issue asks for 200; 1000 makes the guard reliable).
+const STREAMS: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_killed_mid_pull_gives_a_clean_error_and_recovery() {
+    let mut sb = Sandbox::start().await;
+    sb.fault.add(
+        "team/big",
+        "1",
+        &TestImage::build("mid-pull", 4 << 20, "amd64"),
+    );
+    let agent = Agent::start(&sb, &[]);
+    let image = format!("{}/throttled/team/big:1", sb.fault.host());
+    let (sock, img) = (agent.proxy_sock.clone(), image.clone());
+    let pull = tokio::spawn(async move { pull_as(&sock, &img, Some(("ns", "p")), T).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sb.fault.hits("/blobs/") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never reached the blobs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = Instant::now();
+    sb.stop_containerd();
+    let report = tokio::time::timeout(Duration::from_secs(10), pull)
+        .await
+        .expect("no hang")
+        .unwrap();
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        reason_of(&report),
+        "runtime_unavailable",
+        "{:?}",
+        report.outcome
+    );
+    let m = agent.scrape_until("the attempt", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) == 1.0
+    });
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "runtime_unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&m, "pullwatch_image_pulls_in_flight", &[]), 0.0);
+    sb.start_containerd().await;
+    assert_eq!(
+        reason_of(&pull_as(&agent.proxy_sock, &image, Some(("ns", "p")), T).await),
+        "success"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_streams_on_one_connection_pass_through() {
+    let sb = Sandbox::start().await;
+    let agent = Agent::start(&sb, &["--log-level", "info"]);
+    let c = CriClient::connect(&agent.proxy_sock, T).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let mut c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.runtime
+                .version(VersionRequest::default())
+                .await
+                .map(|r| r.into_inner().runtime_name)
+        }));
+    }
+    // All on one client connection, as kubelet multiplexes: h2's small-DATA-frame flood guard
+    // once answered such a burst with GOAWAY (ENHANCE_YOUR_CALM).
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), "containerd");
+    }
+    let m = agent.scrape();
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_cri_requests_total",
+            &[
+                ("method", "/runtime.v1.RuntimeService/Version"),
+                ("code", "OK")
+            ]
+        ),
+        STREAMS as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_near_the_cri_size_limit_pass_intact() {
+    let sb = Sandbox::start().await;
+    let agent = Agent::start(&sb, &["--log-level", "info"]);
+    // A 15 MiB request (the CRI limit is 16 MiB): the runtime's answer must be the same as direct,
+    // which proves the bytes arrived intact.
+    let huge = format!("127.0.0.1:1/{}:1", "a".repeat(15 << 20));
+    let ask = |sock: std::path::PathBuf, image: String| async move {
+        let mut c = CriClient::connect(&sock, T).await.unwrap();
+        let req = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image,
+                ..Default::default()
+            }),
+            verbose: false,
+        };
+        c.images
+            .image_status(req)
+            .await
+            .map(|r| r.into_inner().image.is_none())
+    };
+    let direct = ask(sb.containerd_sock.clone(), huge.clone()).await;
+    let proxied = ask(agent.proxy_sock.clone(), huge).await;
+    match (&direct, &proxied) {
+        (Ok(d), Ok(p)) => assert_eq!(d, p),
+        (Err(d), Err(p)) => {
+            assert_eq!((d.code(), d.message().len()), (p.code(), p.message().len()))
+        }
+        _ => panic!("direct {direct:?} vs proxied {proxied:?}"),
+    }
+    let m = agent.scrape();
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_cri_requests_total",
+            &[("method", "/runtime.v1.ImageService/ImageStatus")]
+        ),
+        1.0,
+        "{m}"
+    );
+}
