@@ -90,7 +90,8 @@ impl Recorder {
 
     /// Marks a pull to `registry` as started; it counts as in flight until the guard drops.
     pub fn pull_started(&self, registry: &str) -> InFlight {
-        let registry = self.admit(&self.registries, registry);
+        // Not counted as an overflow here: the attempt's record() counts it once.
+        let registry = self.registries.admit(registry).value();
         let g = self.metrics.in_flight.with_label_values(&[registry]);
         g.inc();
         InFlight(g)

@@ -146,3 +146,72 @@ async fn messages_near_the_cri_size_limit_pass_intact() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_registries_and_namespaces_stays_under_the_caps() {
+    let sb = Sandbox::start().await;
+    let agent = Agent::start(
+        &sb,
+        &[
+            "--log-level",
+            "info",
+            "--max-registries",
+            "5",
+            "--max-namespaces",
+            "4",
+            "--image-label",
+            "--image-label-cap",
+            "3",
+        ],
+    );
+    // 30 registries (closed loopback ports: fast "connection refused") from 30 namespaces.
+    for i in 0..30u16 {
+        let image = format!("127.0.0.1:{}/team/app:{i}", 1 + i);
+        let ns = format!("ns-{i}");
+        assert_eq!(
+            reason_of(&pull_as(&agent.proxy_sock, &image, Some((&ns, "p")), T).await),
+            "network"
+        );
+    }
+    let m = agent.scrape();
+    let series = common::agent::parse_metrics(&m);
+    let values = |metric: &str, label: &str| -> std::collections::BTreeSet<String> {
+        series
+            .iter()
+            .filter(|(n, _, _)| n == metric)
+            .filter_map(|(_, l, _)| l.get(label).cloned())
+            .collect()
+    };
+    let registries = values("pullwatch_image_pulls_total", "registry");
+    assert_eq!(registries.len(), 6, "5 admitted + other: {registries:?}");
+    assert!(registries.contains("other"));
+    let namespaces = values("pullwatch_image_pull_backoff", "namespace");
+    assert_eq!(namespaces.len(), 5, "4 admitted + other: {namespaces:?}");
+    assert_eq!(
+        values("pullwatch_image_pulls_by_image_total", "image").len(),
+        4
+    );
+    // Nothing dropped: every attempt is counted somewhere, and every overflow is counted.
+    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 30.0);
+    assert_eq!(sum(&m, "pullwatch_image_pull_backoff", &[]), 30.0);
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_label_overflow_total",
+            &[("label", "registry")]
+        ),
+        25.0,
+        "{m}"
+    );
+    assert!(
+        sum(
+            &m,
+            "pullwatch_label_overflow_total",
+            &[("label", "namespace")]
+        ) >= 26.0
+    );
+    assert_eq!(
+        sum(&m, "pullwatch_label_overflow_total", &[("label", "image")]),
+        27.0
+    );
+}
