@@ -215,3 +215,36 @@ async fn a_flood_of_registries_and_namespaces_stays_under_the_caps() {
         27.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_pull_finish_then_removes_the_socket() {
+    let sb = Sandbox::start().await;
+    sb.fault.add(
+        "team/big",
+        "1",
+        &TestImage::build("sigterm", 3 << 20, "amd64"),
+    );
+    let mut agent = Agent::start(&sb, &["--log-level", "info"]);
+    let image = format!("{}/throttled/team/big:1", sb.fault.host());
+    let (sock, img) = (agent.proxy_sock.clone(), image.clone());
+    let pull = tokio::spawn(async move { pull_as(&sock, &img, Some(("ns", "p")), T).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sb.fault.hits("/blobs/") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the pull never reached the blobs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let path = agent.proxy_sock.clone();
+    let status = tokio::task::spawn_blocking(move || agent.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        reason_of(&pull.await.unwrap()),
+        "success",
+        "the in-flight pull was cut"
+    );
+    assert!(!path.exists(), "socket left behind");
+}
