@@ -27,14 +27,9 @@ async fn runtime_killed_mid_pull_gives_a_clean_error_and_recovery() {
     let image = format!("{}/throttled/team/big:1", sb.fault.host());
     let (sock, img) = (agent.proxy_sock.clone(), image.clone());
     let pull = tokio::spawn(async move { pull_as(&sock, &img, Some(("ns", "p")), T).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sb.fault.hits("/blobs/") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the pull never reached the blobs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sb.fault
+        .wait_for_hit("/blobs/", "the pull never reached the blobs")
+        .await;
     let killed = Instant::now();
     sb.stop_containerd();
     let report = tokio::time::timeout(Duration::from_secs(10), pull)
@@ -203,12 +198,13 @@ async fn a_flood_of_registries_and_namespaces_stays_under_the_caps() {
         25.0,
         "{m}"
     );
-    assert!(
+    assert_eq!(
         sum(
             &m,
             "pullwatch_label_overflow_total",
             &[("label", "namespace")]
-        ) >= 26.0
+        ),
+        26.0
     );
     assert_eq!(
         sum(&m, "pullwatch_label_overflow_total", &[("label", "image")]),
@@ -228,14 +224,9 @@ async fn sigterm_lets_an_in_flight_pull_finish_then_removes_the_socket() {
     let image = format!("{}/throttled/team/big:1", sb.fault.host());
     let (sock, img) = (agent.proxy_sock.clone(), image.clone());
     let pull = tokio::spawn(async move { pull_as(&sock, &img, Some(("ns", "p")), T).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sb.fault.hits("/blobs/") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the pull never reached the blobs"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sb.fault
+        .wait_for_hit("/blobs/", "the pull never reached the blobs")
+        .await;
     let path = agent.proxy_sock.clone();
     let status = tokio::task::spawn_blocking(move || agent.terminate())
         .await

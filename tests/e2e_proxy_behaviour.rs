@@ -359,14 +359,9 @@ async fn caller_cancel_is_recorded_and_reaches_the_runtime() {
         };
         pull(&mut c, &req).await
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sb.fault.hits("/hang/") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "runtime never asked the registry"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sb.fault
+        .wait_for_hit("/hang/", "runtime never asked the registry")
+        .await;
     assert_eq!(
         sum(&agent.scrape(), "pullwatch_image_pulls_in_flight", &[]),
         1.0

@@ -134,6 +134,15 @@ impl FaultRegistry {
             .sum()
     }
 
+    /// Waits (up to 10 s) until a request path containing `needle` arrived; panics with `what`.
+    pub async fn wait_for_hit(&self, needle: &str, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.hits(needle) == 0 {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
         let path = req.uri().path().to_string();
         *self
