@@ -240,7 +240,7 @@ async fn main() {
                 uid: String::new(),
             }),
             started_at: SystemTime::now(),
-            duration: Duration::from_millis(500),
+            duration: Some(Duration::from_millis(500)),
             outcome: Outcome::failure(Code::Unknown, "x: not found"),
             source: Source::CriProxy,
         });

@@ -26,6 +26,12 @@ pub enum RunError {
     /// The interposer socket could not be created.
     #[error("--cri-proxy-socket: {0}")]
     Socket(#[from] socket::SocketError),
+    /// The Kubernetes API client could not be configured.
+    #[error(transparent)]
+    Kube(#[from] crate::sources::kube::KubeError),
+    /// The rate-limit probe's HTTP client could not be built (no system trust roots).
+    #[error("--ratelimit-probe: loading the system's CA certificates: {0}")]
+    ProbeTls(#[source] std::io::Error),
 }
 
 /// Runs the agent until `shutdown` resolves.
@@ -34,6 +40,26 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
     let recorder = Arc::new(Recorder::new(&config.recorder)?);
+    // Everything that can fail on configuration is built before anything is bound.
+    let mut kube_source = None;
+    if let Some(kc) = config.kube.clone() {
+        let client = crate::sources::kube::client(&kc).await?;
+        tracing::info!(node = %kc.node_name, attempts = kc.emit_attempts, "Kubernetes API source on");
+        kube_source = Some(crate::sources::kube::KubeSource::new(
+            kc,
+            client,
+            recorder.clone(),
+        ));
+    }
+    let mut probe = None;
+    if let Some(pc) = config.ratelimit_probe.clone() {
+        let registries: Vec<&str> = pc.targets.iter().map(|t| t.registry.as_str()).collect();
+        tracing::info!(registries = ?registries, interval = ?pc.interval, "rate-limit probe on");
+        probe = Some(
+            crate::sources::ratelimit::RateLimitProbe::new(pc, recorder.clone())
+                .map_err(RunError::ProbeTls)?,
+        );
+    }
     let ready = Readiness::default();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -74,6 +100,12 @@ pub async fn run(
         tracing::info!(socket = %cc.socket.display(), namespace = %cc.namespace, passive = cc.emit_attempts, "containerd source on");
         let source = crate::sources::containerd::ContainerdSource::new(cc, recorder.clone());
         source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+    }
+    if let Some(source) = kube_source {
+        source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+    }
+    if let Some(probe) = probe {
+        source_tasks.push(tokio::spawn(probe.run(stop_rx.clone())));
     }
     if let Some((socket, interval)) = config.runtime_status.clone() {
         let source =

@@ -13,6 +13,8 @@ pub struct Cli {
 }
 
 /// Subcommands.
+// Parsed once at start-up; boxing the flags would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent: the CRI interposer and the /metrics endpoint.
@@ -100,6 +102,45 @@ pub struct RunArgs {
         value_name = "DURATION"
     )]
     pub runtime_status_interval: String,
+
+    /// Turn on the Kubernetes API source: kubelet's pull events and the container statuses of
+    /// this node's pods give failure causes, kubelet-measured durations and backoff without the
+    /// interposer. Needs --node-name and get/list/watch on pods and events.
+    #[arg(long, env = "PULLWATCH_KUBE")]
+    pub kube: bool,
+
+    /// This node's name (the DaemonSet sets it from `spec.nodeName`); with --kube.
+    #[arg(long, env = "PULLWATCH_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// kubeconfig for the Kubernetes API (local use); without it, the in-cluster service account.
+    #[arg(long, env = "PULLWATCH_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Probe a registry's pull rate-limit headroom (off by default; repeatable): `docker.io`
+    /// (HEADs `ratelimitpreview/test`, which Docker Hub does not count as a pull), or
+    /// `[http://|https://]HOST[:PORT]/REPOSITORY[:TAG]` for another registry's manifest.
+    #[arg(
+        long,
+        env = "PULLWATCH_RATELIMIT_PROBE",
+        value_name = "REGISTRY",
+        value_delimiter = ','
+    )]
+    pub ratelimit_probe: Vec<String>,
+
+    /// How often each rate-limit probe runs (jittered by up to 10%).
+    #[arg(
+        long,
+        env = "PULLWATCH_RATELIMIT_PROBE_INTERVAL",
+        default_value = "5m",
+        value_name = "DURATION"
+    )]
+    pub ratelimit_probe_interval: String,
+
+    /// A `.dockerconfigjson` file (e.g. a mounted pull secret) with credentials for the probed
+    /// registries; without it (or without an entry) the probe is anonymous. Never logged.
+    #[arg(long, env = "PULLWATCH_RATELIMIT_PROBE_AUTH", value_name = "PATH")]
+    pub ratelimit_probe_auth: Option<PathBuf>,
 
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
     #[arg(

@@ -4,6 +4,10 @@ use crate::cli::{LogFormat, RunArgs};
 use crate::recorder::RecorderConfig;
 use crate::sources::containerd::ContainerdConfig;
 use crate::sources::cri_proxy::ProxyConfig;
+use crate::sources::kube::KubeConfig;
+use crate::sources::ratelimit::ProbeConfig;
+use crate::sources::ratelimit::credentials::CredentialStore;
+use crate::sources::ratelimit::target::ProbeTarget;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -41,6 +45,10 @@ pub struct RunConfig {
     pub proxy: Option<ProxyConfig>,
     /// containerd source settings, if enabled.
     pub containerd: Option<ContainerdConfig>,
+    /// Kubernetes API source settings, if enabled.
+    pub kube: Option<KubeConfig>,
+    /// Rate-limit probe settings, if enabled.
+    pub ratelimit_probe: Option<ProbeConfig>,
     /// CRI status polling: runtime socket and interval, if enabled.
     pub runtime_status: Option<(std::path::PathBuf, Duration)>,
     /// HTTP endpoint address.
@@ -118,6 +126,7 @@ impl RunConfig {
             }),
             None => None,
         };
+        let kube = Self::kube(args, proxy.is_none())?;
         let poll_interval = parse_duration("ingest-poll-interval", &args.ingest_poll_interval)?;
         if poll_interval < Duration::from_millis(50) {
             return Err(err("ingest-poll-interval", "must be at least 50ms"));
@@ -141,15 +150,16 @@ impl RunConfig {
                 namespace: args.containerd_namespace.clone(),
                 poll_interval,
                 stall_after,
-                // With the interposer on, it is authoritative for attempts.
-                emit_attempts: proxy.is_none(),
+                // One authority for attempts: the interposer, else the Kubernetes API.
+                emit_attempts: proxy.is_none() && kube.is_none(),
             }),
             None => None,
         };
-        if proxy.is_none() && containerd.is_none() {
+        let ratelimit_probe = Self::ratelimit_probe(args)?;
+        if proxy.is_none() && containerd.is_none() && kube.is_none() && ratelimit_probe.is_none() {
             return Err(err(
                 "cri-proxy-socket",
-                "no source enabled: pass --cri-proxy-socket PATH (interposer) and/or --containerd-socket PATH (passive mode)",
+                "no source enabled: pass --cri-proxy-socket PATH (interposer), --containerd-socket PATH (passive mode), --kube (Kubernetes API) and/or --ratelimit-probe REGISTRY",
             ));
         }
         let status_interval =
@@ -165,6 +175,8 @@ impl RunConfig {
         Ok(Self {
             proxy,
             containerd,
+            kube,
+            ratelimit_probe,
             runtime_status,
             listen,
             recorder: RecorderConfig {
@@ -176,6 +188,91 @@ impl RunConfig {
             log_format: args.log_format,
             log_level: args.log_level.clone(),
         })
+    }
+}
+
+impl RunConfig {
+    fn kube(args: &RunArgs, emit_attempts: bool) -> Result<Option<KubeConfig>, ConfigError> {
+        if !args.kube {
+            if args.kubeconfig.is_some() {
+                return Err(err("kubeconfig", "only used with --kube"));
+            }
+            return Ok(None);
+        }
+        let node_name = args
+            .node_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                err(
+                    "node-name",
+                    "required with --kube (the DaemonSet sets PULLWATCH_NODE_NAME from spec.nodeName)",
+                )
+            })?;
+        if let Some(p) = &args.kubeconfig
+            && !p.is_file()
+        {
+            return Err(err(
+                "kubeconfig",
+                format!("{} is not a readable file", p.display()),
+            ));
+        }
+        Ok(Some(KubeConfig {
+            node_name: node_name.to_string(),
+            kubeconfig: args.kubeconfig.clone(),
+            emit_attempts,
+        }))
+    }
+
+    fn ratelimit_probe(args: &RunArgs) -> Result<Option<ProbeConfig>, ConfigError> {
+        let specs: Vec<&str> = args
+            .ratelimit_probe
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if specs.is_empty() {
+            if args.ratelimit_probe_auth.is_some() {
+                return Err(err(
+                    "ratelimit-probe-auth",
+                    "only used with --ratelimit-probe",
+                ));
+            }
+            return Ok(None);
+        }
+        let mut targets = Vec::new();
+        for s in specs {
+            let t = ProbeTarget::parse(s).map_err(|p| err("ratelimit-probe", p))?;
+            if targets
+                .iter()
+                .any(|o: &ProbeTarget| o.registry == t.registry)
+            {
+                return Err(err(
+                    "ratelimit-probe",
+                    format!("{} is named twice (one probe per registry)", t.registry),
+                ));
+            }
+            targets.push(t);
+        }
+        let interval = parse_duration("ratelimit-probe-interval", &args.ratelimit_probe_interval)?;
+        if interval < Duration::from_secs(1) {
+            return Err(err("ratelimit-probe-interval", "must be at least 1s"));
+        }
+        let credentials = match &args.ratelimit_probe_auth {
+            Some(p) => CredentialStore::load(p).map_err(|e| {
+                err(
+                    "ratelimit-probe-auth",
+                    format!("{}: {}", p.display(), e.problem),
+                )
+            })?,
+            None => CredentialStore::default(),
+        };
+        Ok(Some(ProbeConfig {
+            targets,
+            interval,
+            credentials,
+        }))
     }
 }
 

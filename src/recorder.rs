@@ -1,9 +1,11 @@
 //! The pipeline every source feeds: applies the cardinality guards, then updates metrics, the
 //! backoff tracker and the event log for each [`PullAttempt`].
 
-use crate::core::attempt::PullAttempt;
+use crate::core::attempt::{PodRef, PullAttempt};
 use crate::core::backoff::BackoffTracker;
 use crate::core::cardinality::{Admission, LabelGuard};
+use crate::core::reason::Reason;
+use crate::core::reference::ImageRef;
 use crate::sinks::event_log;
 use crate::sinks::metrics::Metrics;
 use prometheus::IntGauge;
@@ -105,10 +107,12 @@ impl Recorder {
             .pulls
             .with_label_values(&[registry, result])
             .inc();
-        self.metrics
-            .pull_duration
-            .with_label_values(&[registry, result])
-            .observe(attempt.duration.as_secs_f64());
+        if let Some(d) = attempt.duration {
+            self.metrics
+                .pull_duration
+                .with_label_values(&[registry, result])
+                .observe(d.as_secs_f64());
+        }
         if let Some(reason) = attempt.outcome.reason() {
             self.metrics
                 .failures
@@ -126,13 +130,46 @@ impl Recorder {
         if let Some(pod) = &attempt.pod {
             // Admit the namespace now so the backoff gauge never exceeds the cap.
             let mut a = attempt.clone();
-            a.pod = Some(crate::core::attempt::PodRef {
+            a.pod = Some(PodRef {
                 namespace: self.admit(&self.namespaces, &pod.namespace).to_string(),
                 ..pod.clone()
             });
             self.lock_backoff().observe(&a, registry, Instant::now());
         }
         event_log::emit(attempt);
+    }
+
+    /// kubelet reports it is backing off `image` for `pod`; `last_failure` is the cause it
+    /// gave, if any (classified here). See [`BackoffTracker::backing_off`].
+    pub fn backing_off(&self, pod: &PodRef, image: &str, last_failure: Option<Reason>) {
+        let pod = self.admitted_pod(pod);
+        let registry = ImageRef::parse(image)
+            .map_or(crate::core::attempt::UNKNOWN_REGISTRY.to_string(), |r| {
+                r.registry
+            });
+        let failure = last_failure.map(|r| (self.registries.admit(&registry).value(), r));
+        self.lock_backoff()
+            .backing_off(&pod, image, failure, Instant::now());
+    }
+
+    /// `image` no longer fails for `pod`: it leaves the backoff gauge.
+    pub fn backoff_cleared(&self, pod: &PodRef, image: &str) {
+        let pod = self.admitted_pod(pod);
+        self.lock_backoff().clear(&pod, image);
+    }
+
+    /// The pod with `uid` is gone: its pairs leave the backoff gauge.
+    pub fn pod_gone(&self, uid: &str) {
+        self.lock_backoff().forget_pod(uid);
+    }
+
+    /// `pod` with its namespace passed through the namespace cap, as the backoff tracker keys it.
+    /// Not counted as an overflow: these are repeated signals about one pod, not attempts.
+    fn admitted_pod(&self, pod: &PodRef) -> PodRef {
+        PodRef {
+            namespace: self.namespaces.admit(&pod.namespace).value().to_string(),
+            ..pod.clone()
+        }
     }
 
     fn lock_backoff(&self) -> std::sync::MutexGuard<'_, BackoffTracker> {
@@ -176,7 +213,7 @@ mod tests {
                 uid: "u".into(),
             }),
             started_at: SystemTime::now(),
-            duration: Duration::from_millis(1500),
+            duration: Some(Duration::from_millis(1500)),
             outcome,
             source: Source::CriProxy,
         }

@@ -19,12 +19,15 @@ pub enum Source {
     /// containerd's events and ingests (passive mode): successes only, start estimated from the
     /// first download seen.
     Containerd,
+    /// The Kubernetes API: kubelet's pull events and pod statuses for this node. Durations are
+    /// kubelet's own; start times are derived from event timestamps (second resolution).
+    Kube,
 }
 
 impl Source {
     /// Whether start and duration are estimates rather than measured on the call.
     pub fn is_estimated(self) -> bool {
-        self == Source::Containerd
+        matches!(self, Source::Containerd | Source::Kube)
     }
 
     /// Label/JSON value.
@@ -32,6 +35,7 @@ impl Source {
         match self {
             Source::CriProxy => "cri_proxy",
             Source::Containerd => "containerd",
+            Source::Kube => "kube",
         }
     }
 }
@@ -106,8 +110,9 @@ pub struct PullAttempt {
     pub pod: Option<PodRef>,
     /// Wall-clock start.
     pub started_at: SystemTime,
-    /// How long the attempt took.
-    pub duration: Duration,
+    /// How long the attempt took; `None` when the source could not measure it (kubelet's
+    /// `Failed` events and pod statuses carry no duration).
+    pub duration: Option<Duration>,
     /// Result.
     pub outcome: Outcome,
     /// Who observed it.

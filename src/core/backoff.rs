@@ -3,6 +3,7 @@
 
 use crate::core::attempt::{PodRef, PullAttempt};
 use crate::core::reason::Reason;
+use crate::core::reference::ImageRef;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,14 @@ pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     pod: PodRef,
+    /// Normalized reference (`nginx` and `docker.io/library/nginx:latest` are one image), or the
+    /// text as given when it does not parse.
     image: String,
+}
+
+/// The key form of an image: every source names the same image the same way.
+fn image_key(image: &str) -> String {
+    ImageRef::parse(image).map_or_else(|_| image.to_string(), |r| r.to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +58,10 @@ impl BackoffTracker {
         let Some(pod) = &attempt.pod else { return };
         let key = Key {
             pod: pod.clone(),
-            image: attempt.image.clone(),
+            image: attempt
+                .reference
+                .as_ref()
+                .map_or_else(|| image_key(&attempt.image), ToString::to_string),
         };
         match attempt.outcome.reason() {
             // A cancel is kubelet giving up on this attempt, not the image failing: keep state.
@@ -73,6 +84,47 @@ impl BackoffTracker {
                 self.entries.remove(&key);
             }
         }
+    }
+
+    /// kubelet says it is backing off `image` for `pod` (a `BackOff` event or an
+    /// `ImagePullBackOff` status). A tracked pair stays in the gauge as if retried now; an
+    /// untracked one enters with `failure` (`(registry label, reason)`) when the cause is known.
+    pub fn backing_off(
+        &mut self,
+        pod: &PodRef,
+        image: &str,
+        failure: Option<(&str, Reason)>,
+        now: Instant,
+    ) {
+        let key = Key {
+            pod: pod.clone(),
+            image: image_key(image),
+        };
+        if let Some(e) = self.entries.get_mut(&key) {
+            e.last_attempt = now;
+        } else if let Some((registry, reason)) = failure {
+            self.entries.insert(
+                key,
+                Entry {
+                    registry: registry.to_string(),
+                    reason,
+                    last_attempt: now,
+                },
+            );
+        }
+    }
+
+    /// `image` is no longer failing for `pod` (its container runs, or waits for something else).
+    pub fn clear(&mut self, pod: &PodRef, image: &str) {
+        self.entries.remove(&Key {
+            pod: pod.clone(),
+            image: image_key(image),
+        });
+    }
+
+    /// The pod with `uid` is gone: forget all its pairs.
+    pub fn forget_pod(&mut self, uid: &str) {
+        self.entries.retain(|k, _| k.pod.uid != uid);
     }
 
     /// Drops expired pairs and returns the number of pairs per `(namespace, registry, reason)`.
@@ -117,7 +169,7 @@ mod tests {
                 uid: format!("uid-{pod}"),
             }),
             started_at: SystemTime::now(),
-            duration: Duration::from_millis(5),
+            duration: Some(Duration::from_millis(5)),
             outcome,
             source: Source::CriProxy,
         }
@@ -197,6 +249,37 @@ mod tests {
             1
         );
         assert!(t.snapshot(t0 + Duration::from_secs(60)).is_empty());
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn kubelet_backoff_signals_keep_clear_and_forget_pairs() {
+        let mut t = BackoffTracker::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        let a = attempt("ns", "p", "nginx", fail("not found: x"));
+        let pod = a.pod.clone().unwrap();
+        t.observe(&a, "docker.io", t0);
+        // Same image under its normalized name: refreshed, so it outlives the first expiry.
+        t.backing_off(
+            &pod,
+            "docker.io/library/nginx:latest",
+            None,
+            t0 + Duration::from_secs(50),
+        );
+        assert_eq!(t.snapshot(t0 + Duration::from_secs(100)).len(), 1);
+        // An unknown pair with no cause stays out; with a cause it enters.
+        t.backing_off(&pod, "other:1", None, t0);
+        assert_eq!(t.len(), 1);
+        t.backing_off(
+            &pod,
+            "other:1",
+            Some(("docker.io", Reason::RateLimited)),
+            t0,
+        );
+        assert_eq!(t.len(), 2);
+        t.clear(&pod, "nginx:latest");
+        assert_eq!(t.len(), 1);
+        t.forget_pod(&pod.uid);
         assert!(t.is_empty());
     }
 }

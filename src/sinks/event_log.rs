@@ -22,7 +22,7 @@ pub fn emit(attempt: &PullAttempt) {
         .reference
         .as_ref()
         .map_or("", |r| r.repository.as_str());
-    let duration_seconds = attempt.duration.as_secs_f64();
+    let duration_seconds = attempt.duration.map(|d| d.as_secs_f64());
     match &attempt.outcome {
         Outcome::Success { image_ref } => tracing::info!(
             target: TARGET,

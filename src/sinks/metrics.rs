@@ -201,7 +201,43 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_source_errors_total",
         Counter,
         ["source"],
-        "Failed polls or broken connections of a source (containerd|cri)."
+        "Failed polls, broken connections or failed watches of a source (containerd|cri|kube)."
+    ),
+    family!(
+        "pullwatch_registry_ratelimit_limit",
+        Gauge,
+        ["registry"],
+        "Pulls the registry allows per window (its ratelimit-limit header, read by --ratelimit-probe)."
+    ),
+    family!(
+        "pullwatch_registry_ratelimit_remaining",
+        Gauge,
+        ["registry"],
+        "Pulls left in the current window (ratelimit-remaining header, read by --ratelimit-probe)."
+    ),
+    family!(
+        "pullwatch_registry_ratelimit_window_seconds",
+        Gauge,
+        ["registry"],
+        "Length of the registry's rate-limit window in seconds (the w= of its headers)."
+    ),
+    family!(
+        "pullwatch_registry_ratelimit_probe_errors_total",
+        Counter,
+        ["registry"],
+        "Rate-limit probes that failed (network, status, token or unreadable headers)."
+    ),
+    family!(
+        "pullwatch_kube_watch_up",
+        Gauge,
+        ["resource"],
+        "1 while the Kubernetes API watch of the resource (pods|events) is listed and current, 0 after it failed until it recovers."
+    ),
+    family!(
+        "pullwatch_kube_deduplicated_total",
+        Counter,
+        [],
+        "Pull failures seen both in a pod status and as a kubelet event, counted once."
     ),
 ];
 
@@ -219,6 +255,13 @@ fn opts(name: &str) -> (Opts, &'static [&'static str]) {
 fn counter(reg: &Registry, name: &str) -> prometheus::Result<IntCounterVec> {
     let (o, l) = opts(name);
     let c = IntCounterVec::new(o, l)?;
+    reg.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+fn plain_counter(reg: &Registry, name: &str) -> prometheus::Result<prometheus::IntCounter> {
+    let (o, _) = opts(name);
+    let c = prometheus::IntCounter::with_opts(o)?;
     reg.register(Box::new(c.clone()))?;
     Ok(c)
 }
@@ -294,6 +337,18 @@ pub struct Metrics {
     pub image_fs_inodes: IntGaugeVec,
     /// `pullwatch_source_errors_total`
     pub source_errors: IntCounterVec,
+    /// `pullwatch_registry_ratelimit_limit`
+    pub ratelimit_limit: IntGaugeVec,
+    /// `pullwatch_registry_ratelimit_remaining`
+    pub ratelimit_remaining: IntGaugeVec,
+    /// `pullwatch_registry_ratelimit_window_seconds`
+    pub ratelimit_window: IntGaugeVec,
+    /// `pullwatch_registry_ratelimit_probe_errors_total`
+    pub ratelimit_probe_errors: IntCounterVec,
+    /// `pullwatch_kube_watch_up`
+    pub kube_watch_up: IntGaugeVec,
+    /// `pullwatch_kube_deduplicated_total`
+    pub kube_deduplicated: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -336,6 +391,15 @@ impl Metrics {
             image_fs_used: gauge(&registry, "pullwatch_image_fs_used_bytes")?,
             image_fs_inodes: gauge(&registry, "pullwatch_image_fs_inodes_used")?,
             source_errors: counter(&registry, "pullwatch_source_errors_total")?,
+            ratelimit_limit: gauge(&registry, "pullwatch_registry_ratelimit_limit")?,
+            ratelimit_remaining: gauge(&registry, "pullwatch_registry_ratelimit_remaining")?,
+            ratelimit_window: gauge(&registry, "pullwatch_registry_ratelimit_window_seconds")?,
+            ratelimit_probe_errors: counter(
+                &registry,
+                "pullwatch_registry_ratelimit_probe_errors_total",
+            )?,
+            kube_watch_up: gauge(&registry, "pullwatch_kube_watch_up")?,
+            kube_deduplicated: plain_counter(&registry, "pullwatch_kube_deduplicated_total")?,
             registry,
         };
         gauge(&m.registry, "pullwatch_build_info")?

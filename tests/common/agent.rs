@@ -74,8 +74,25 @@ impl Agent {
     }
 
     fn spawn(sb: &Sandbox, proxy_sock: Option<PathBuf>, extra: &[&str]) -> Self {
+        Self::spawn_in(sb.dir.path(), &sb.containerd_sock, proxy_sock, extra)
+    }
+
+    /// Starts `pullwatch run` with only the sources `extra` names (no runtime needed: CRI status
+    /// polling is off); logs go to `dir`.
+    pub fn start_bare(dir: &std::path::Path, extra: &[&str]) -> Self {
+        let mut args = vec!["--runtime-status-interval", "0s"];
+        args.extend_from_slice(extra);
+        Self::spawn_in(dir, &dir.join("no-runtime.sock"), None, &args)
+    }
+
+    fn spawn_in(
+        dir: &std::path::Path,
+        runtime_sock: &std::path::Path,
+        proxy_sock: Option<PathBuf>,
+        extra: &[&str],
+    ) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log_path = sb.dir.path().join(format!("pullwatch-{}.log", addr.port()));
+        let log_path = dir.join(format!("pullwatch-{}.log", addr.port()));
         let mut cmd = Command::new(pullwatch_bin());
         cmd.arg("run");
         if let Some(p) = &proxy_sock {
@@ -83,7 +100,7 @@ impl Agent {
         }
         let child = cmd
             .arg("--runtime-socket")
-            .arg(&sb.containerd_sock)
+            .arg(runtime_sock)
             .arg("--listen")
             .arg(addr.to_string())
             .args(["--log-format", "json"])
@@ -130,7 +147,17 @@ impl Agent {
     /// Scrapes until `ready(metrics)` holds (events such as a caller's reset reach pullwatch
     /// asynchronously), or panics after 10 s with the last scrape.
     pub fn scrape_until(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.scrape_until_within(Duration::from_secs(10), what, ready)
+    }
+
+    /// [`Agent::scrape_until`] with a limit other than 10 s.
+    pub fn scrape_until_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        ready: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + limit;
         loop {
             let m = self.scrape();
             if ready(&m) {

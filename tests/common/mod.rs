@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod fault_registry;
 pub mod image;
+pub mod kube_api;
 pub mod prometheus;
 pub mod sandbox;
 

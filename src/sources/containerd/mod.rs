@@ -366,12 +366,13 @@ impl ContainerdSource {
             .min();
         self.first_seen
             .retain(|o, _| o.repository != reference.repository);
-        let duration = started.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        // No download seen (everything cached): the duration is unknown, not zero.
+        let duration = started.map(|t| now.saturating_duration_since(t));
         Some(PullAttempt {
             image: name.to_string(),
             reference: Some(reference),
             pod: None,
-            started_at: SystemTime::now() - duration,
+            started_at: SystemTime::now() - duration.unwrap_or_default(),
             duration,
             outcome: Outcome::Success {
                 image_ref: String::new(),
@@ -425,7 +426,7 @@ mod tests {
         let a = s
             .passive_attempt("127.0.0.1:5000/team/app:1", t1)
             .expect("attempt");
-        assert_eq!(a.duration, Duration::from_secs(3));
+        assert_eq!(a.duration, Some(Duration::from_secs(3)));
         assert_eq!(a.source, Source::Containerd);
         // The digest and ID records of the same pull are not new pulls.
         assert!(
@@ -433,10 +434,10 @@ mod tests {
                 .is_none()
         );
         assert!(s.passive_attempt("sha256:00", t1).is_none());
-        // A later pull of the same repository counts again; no download seen: duration 0.
+        // A later pull of the same repository counts again; no download seen: duration unknown.
         let a = s
             .passive_attempt("127.0.0.1:5000/team/app:2", t1 + SAME_PULL_WINDOW)
             .unwrap();
-        assert_eq!(a.duration, Duration::ZERO);
+        assert_eq!(a.duration, None);
     }
 }

@@ -296,7 +296,7 @@ impl Call {
             reference: observed.reference,
             pod: observed.pod,
             started_at: self.started_at,
-            duration,
+            duration: Some(duration),
             outcome,
             source: Source::CriProxy,
         };

@@ -1,0 +1,460 @@
+//! The Kubernetes API source: kubelet's pull events and the container statuses of this node's
+//! pods, for failure causes, kubelet-measured durations and backoff without the interposer.
+//!
+//! Two watches (kube-runtime's watcher: paginated list, then watch with bookmarks; relists on
+//! `410 Gone`; retries with backoff), no object cache:
+//! - Pods with `spec.nodeName=NODE`.
+//! - Events with `involvedObject.kind=Pod,source=kubelet`, kept only when `source.host` (or
+//!   `reportingInstance`) is this node. The API offers no field selector on the host, so every
+//!   node receives every kubelet pod event of the cluster and drops the others at once.
+//!
+//! [`tracker::KubeTracker`] turns both into attempts, each kubelet attempt counted once.
+
+pub mod messages;
+pub mod tracker;
+
+use crate::core::attempt::PodRef;
+use crate::recorder::Recorder;
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::{Api, Client};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+use tracker::{Action, ContainerObs, EventObs, KubeTracker, PodObs, PullState};
+
+/// Label value of this source in `pullwatch_source_errors_total`.
+pub const SOURCE: &str = "kube";
+
+/// Settings of the Kubernetes API source.
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    /// This node's name (`spec.nodeName` of its pods).
+    pub node_name: String,
+    /// A kubeconfig file; `None` means in-cluster (the pod's service account).
+    pub kubeconfig: Option<PathBuf>,
+    /// Record attempts (false when the interposer is on: it is authoritative).
+    pub emit_attempts: bool,
+}
+
+/// Why the source could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig could not be read or used.
+    #[error("--kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// Not in a cluster and no kubeconfig.
+    #[error("--kube: no in-cluster service account ({0}); run in a pod, or pass --kubeconfig PATH")]
+    InCluster(#[source] kube::config::InClusterError),
+    /// The client could not be built from the configuration.
+    #[error("--kube: building the API client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// Builds the API client from `config` (no request is made yet).
+pub async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
+    let cfg = match &config.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        None => kube::Config::incluster().map_err(KubeError::InCluster)?,
+    };
+    Client::try_from(cfg).map_err(KubeError::Client)
+}
+
+/// The source.
+pub struct KubeSource {
+    config: KubeConfig,
+    client: Client,
+    recorder: Arc<Recorder>,
+    tracker: KubeTracker,
+    /// Pod UIDs listed since the last `Init` of the pod watch (to find pods deleted while the
+    /// watch was down).
+    relisted: Option<HashSet<String>>,
+    known_pods: HashSet<String>,
+}
+
+impl KubeSource {
+    /// A source for `config` using `client`, recording into `recorder`.
+    pub fn new(config: KubeConfig, client: Client, recorder: Arc<Recorder>) -> Self {
+        let tracker = KubeTracker::new(SystemTime::now(), config.emit_attempts);
+        Self {
+            config,
+            client,
+            recorder,
+            tracker,
+            relisted: None,
+            known_pods: HashSet::new(),
+        }
+    }
+
+    fn pod_stream(&self) -> impl Stream<Item = Result<WatchEvent<Pod>, watcher::Error>> + use<> {
+        let api: Api<Pod> = Api::all(self.client.clone());
+        let cfg =
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.config.node_name));
+        watcher::watcher(api, cfg).default_backoff()
+    }
+
+    fn event_stream(
+        &self,
+    ) -> impl Stream<Item = Result<WatchEvent<Event>, watcher::Error>> + use<> {
+        let api: Api<Event> = Api::all(self.client.clone());
+        let cfg = watcher::Config::default().fields("involvedObject.kind=Pod,source=kubelet");
+        watcher::watcher(api, cfg).default_backoff()
+    }
+
+    /// Runs until `shutdown` flips to true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut pods = std::pin::pin!(self.pod_stream());
+        let mut events = std::pin::pin!(self.event_stream());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let actions = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tick.tick() => self.tracker.tick(Instant::now(), SystemTime::now()),
+                Some(e) = pods.next() => self.on_pod_watch(e),
+                Some(e) = events.next() => self.on_event_watch(e),
+            };
+            self.apply(actions);
+        }
+    }
+
+    fn watch_health(&self, resource: &str, result: Result<(), &watcher::Error>) {
+        let m = self.recorder.metrics();
+        match result {
+            Ok(()) => m.kube_watch_up.with_label_values(&[resource]).set(1),
+            Err(e) => {
+                m.kube_watch_up.with_label_values(&[resource]).set(0);
+                m.source_errors.with_label_values(&[SOURCE]).inc();
+                tracing::warn!(source = SOURCE, resource, error = %e, "Kubernetes API watch failed; retrying");
+            }
+        }
+    }
+
+    fn on_pod_watch(&mut self, e: Result<WatchEvent<Pod>, watcher::Error>) -> Vec<Action> {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                self.watch_health("pods", Err(&err));
+                return Vec::new();
+            }
+        };
+        let now = Instant::now();
+        match e {
+            WatchEvent::Init => {
+                self.relisted = Some(HashSet::new());
+                Vec::new()
+            }
+            WatchEvent::InitApply(p) | WatchEvent::Apply(p) => {
+                let Some(obs) = pod_obs(&p) else {
+                    return Vec::new();
+                };
+                if let Some(seen) = &mut self.relisted {
+                    seen.insert(obs.pod.uid.clone());
+                }
+                self.known_pods.insert(obs.pod.uid.clone());
+                self.tracker.on_pod(&obs, now)
+            }
+            WatchEvent::InitDone => {
+                self.watch_health("pods", Ok(()));
+                // Pods deleted while the watch was down never get a Delete: drop them now.
+                let seen = self.relisted.take().unwrap_or_default();
+                let gone: Vec<String> = self.known_pods.difference(&seen).cloned().collect();
+                let mut out = Vec::new();
+                for uid in gone {
+                    self.known_pods.remove(&uid);
+                    out.extend(self.tracker.on_pod_deleted(&uid));
+                }
+                out
+            }
+            WatchEvent::Delete(p) => {
+                let uid = p.metadata.uid.unwrap_or_default();
+                self.known_pods.remove(&uid);
+                self.tracker.on_pod_deleted(&uid)
+            }
+        }
+    }
+
+    fn on_event_watch(&mut self, e: Result<WatchEvent<Event>, watcher::Error>) -> Vec<Action> {
+        let e = match e {
+            Ok(e) => e,
+            Err(err) => {
+                self.watch_health("events", Err(&err));
+                return Vec::new();
+            }
+        };
+        match e {
+            WatchEvent::Init => Vec::new(),
+            WatchEvent::InitDone => {
+                self.watch_health("events", Ok(()));
+                Vec::new()
+            }
+            WatchEvent::InitApply(ev) | WatchEvent::Apply(ev) => {
+                match event_obs(&ev, &self.config.node_name) {
+                    Some(obs) => self.tracker.on_event(&obs, Instant::now()),
+                    None => Vec::new(),
+                }
+            }
+            WatchEvent::Delete(ev) => {
+                if let Some(uid) = &ev.metadata.uid {
+                    self.tracker.on_event_deleted(uid);
+                }
+                Vec::new()
+            }
+        }
+    }
+
+    fn apply(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Record(attempt) => self.recorder.record(&attempt),
+                Action::BackingOff { pod, image, reason } => {
+                    self.recorder.backing_off(&pod, &image, reason)
+                }
+                Action::Cleared { pod, image } => self.recorder.backoff_cleared(&pod, &image),
+                Action::PodGone(uid) => self.recorder.pod_gone(&uid),
+                Action::Deduplicated => self.recorder.metrics().kube_deduplicated.inc(),
+            }
+        }
+    }
+}
+
+/// Seconds and nanoseconds since the epoch as a `SystemTime` (times before 1970 clamp to it).
+fn epoch(seconds: i64, nanos: i32) -> SystemTime {
+    SystemTime::UNIX_EPOCH
+        + Duration::from_secs(seconds.max(0).unsigned_abs())
+        + Duration::from_nanos(u64::from(nanos.max(0).unsigned_abs()))
+}
+
+fn system_time(t: &Time) -> SystemTime {
+    epoch(t.0.as_second(), t.0.subsec_nanosecond())
+}
+
+fn micro_time(t: &MicroTime) -> SystemTime {
+    epoch(t.0.as_second(), t.0.subsec_nanosecond())
+}
+
+/// The tracker's view of a kubelet Event, or `None` if it is not from this node's kubelet or not
+/// about a pod.
+pub fn event_obs(ev: &Event, node: &str) -> Option<EventObs> {
+    let host = ev
+        .source
+        .as_ref()
+        .and_then(|s| s.host.as_deref())
+        .or(ev.reporting_instance.as_deref());
+    if host != Some(node) || ev.involved_object.kind.as_deref() != Some("Pod") {
+        return None;
+    }
+    let o = &ev.involved_object;
+    let series_count = ev.series.as_ref().and_then(|s| s.count);
+    let count = series_count.or(ev.count).unwrap_or(1).max(1);
+    let last_seen = ev
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(micro_time)
+        .or_else(|| ev.last_timestamp.as_ref().map(system_time))
+        .or_else(|| ev.event_time.as_ref().map(micro_time));
+    let first_seen = ev
+        .first_timestamp
+        .as_ref()
+        .map(system_time)
+        .or_else(|| ev.event_time.as_ref().map(micro_time))
+        .or(last_seen);
+    Some(EventObs {
+        uid: ev.metadata.uid.clone()?,
+        count: u32::try_from(count).unwrap_or(1),
+        reason: ev.reason.clone().unwrap_or_default(),
+        message: ev.message.clone().unwrap_or_default(),
+        pod: PodRef {
+            namespace: o.namespace.clone().unwrap_or_default(),
+            name: o.name.clone().unwrap_or_default(),
+            uid: o.uid.clone().unwrap_or_default(),
+        },
+        first_seen,
+        last_seen,
+    })
+}
+
+/// What a container status says about its image pull.
+fn pull_state(cs: &ContainerStatus) -> PullState {
+    let Some(state) = &cs.state else {
+        return PullState::Waiting;
+    };
+    if let Some(w) = &state.waiting {
+        let message = w.message.clone().unwrap_or_default();
+        return match w.reason.as_deref() {
+            Some("ErrImagePull" | "RegistryUnavailable" | "SignatureValidationFailed") => {
+                PullState::Failed(message)
+            }
+            Some("ImagePullBackOff") => PullState::BackOff(message),
+            _ => PullState::Waiting,
+        };
+    }
+    if state.running.is_some() || state.terminated.is_some() {
+        PullState::Present
+    } else {
+        PullState::Waiting
+    }
+}
+
+/// The tracker's view of a pod, or `None` without a UID.
+pub fn pod_obs(p: &Pod) -> Option<PodObs> {
+    let pod = PodRef {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        uid: p.metadata.uid.clone()?,
+    };
+    let mut containers = Vec::new();
+    if let Some(status) = &p.status {
+        for list in [
+            &status.init_container_statuses,
+            &status.container_statuses,
+            &status.ephemeral_container_statuses,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for cs in list {
+                containers.push(ContainerObs {
+                    name: cs.name.clone(),
+                    image: spec_image(p, &cs.name).unwrap_or_else(|| cs.image.clone()),
+                    state: pull_state(cs),
+                });
+            }
+        }
+    }
+    Some(PodObs {
+        pod,
+        created: p.metadata.creation_timestamp.as_ref().map(system_time),
+        containers,
+    })
+}
+
+/// The image the pod's spec names for container `name` (statuses of running containers show
+/// the resolved image instead).
+fn spec_image(p: &Pod, name: &str) -> Option<String> {
+    let spec = p.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+        .and_then(|c| c.image.clone())
+        .or_else(|| {
+            spec.ephemeral_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == name)
+                .and_then(|c| c.image.clone())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(json: serde_json::Value) -> Event {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn kubelet_events_of_this_node_only() {
+        let mut j = serde_json::json!({
+            "metadata": {"name": "web-1.17f", "namespace": "shop", "uid": "ev-1"},
+            "involvedObject": {"kind": "Pod", "namespace": "shop", "name": "web-1", "uid": "pod-1",
+                               "fieldPath": "spec.containers{app}"},
+            "reason": "Failed",
+            "message": "Failed to pull image \"nginx:nope\": not found",
+            "source": {"component": "kubelet", "host": "node-a"},
+            "firstTimestamp": "2026-11-25T10:00:00Z",
+            "lastTimestamp": "2026-11-25T10:05:00Z",
+            "count": 3,
+            "type": "Warning"
+        });
+        let obs = event_obs(&event(j.clone()), "node-a").unwrap();
+        assert_eq!(obs.count, 3);
+        assert_eq!(obs.pod.uid, "pod-1");
+        assert_eq!(
+            obs.last_seen
+                .unwrap()
+                .duration_since(obs.first_seen.unwrap())
+                .ok(),
+            Some(Duration::from_secs(300))
+        );
+        assert!(event_obs(&event(j.clone()), "node-b").is_none());
+        // events.k8s.io-style (series, reportingInstance, no source.host).
+        j["source"] = serde_json::json!({"component": "kubelet"});
+        j["reportingInstance"] = "node-b".into();
+        j["series"] =
+            serde_json::json!({"count": 9, "lastObservedTime": "2026-11-25T10:09:00.000000Z"});
+        let obs = event_obs(&event(j), "node-b").unwrap();
+        assert_eq!(obs.count, 9);
+    }
+
+    #[test]
+    fn container_states_and_spec_images() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "pod-1",
+                         "creationTimestamp": "2026-11-25T10:00:00Z"},
+            "spec": {"nodeName": "node-a",
+                     "initContainers": [{"name": "init", "image": "busybox"}],
+                     "containers": [{"name": "app", "image": "nginx:nope"}, {"name": "side", "image": "envoy:1"}]},
+            "status": {
+                "initContainerStatuses": [{"name": "init", "image": "docker.io/library/busybox:latest", "imageID": "", "ready": true, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": 0}}}],
+                "containerStatuses": [
+                    {"name": "app", "image": "nginx:nope", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"waiting": {"reason": "ErrImagePull", "message": "rpc error: code = NotFound desc = not found"}}},
+                    {"name": "side", "image": "envoy:1", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"envoy:1\""}}}
+                ]}
+        }))
+        .unwrap();
+        let obs = pod_obs(&p).unwrap();
+        let states: Vec<(&str, &str, &PullState)> = obs
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.image.as_str(), &c.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("init", "busybox", &PullState::Present),
+                (
+                    "app",
+                    "nginx:nope",
+                    &PullState::Failed("rpc error: code = NotFound desc = not found".into())
+                ),
+                (
+                    "side",
+                    "envoy:1",
+                    &PullState::BackOff("Back-off pulling image \"envoy:1\"".into())
+                ),
+            ]
+        );
+        assert!(obs.created.is_some());
+    }
+}

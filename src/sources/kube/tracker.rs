@@ -1,0 +1,744 @@
+//! Turns kubelet's pull events and pod container statuses into pull attempts, counting each
+//! kubelet attempt once.
+//!
+//! - Events repeat: kubelet's recorder folds repeats into one Event whose `count` grows, and a
+//!   relist delivers every Event again. Each Event's last seen count is kept, so only the growth
+//!   counts. An Event first seen after a (re)list counts only for what happened since the agent
+//!   started.
+//! - Statuses repeat on every resync. Only a container's *transition* into a pull-failure state
+//!   is a new attempt, and only a fallback: kubelet records the same failure as a `Failed` event,
+//!   which is authoritative. A status failure waits [`DEDUP_WINDOW`] for its event and counts
+//!   only if none arrives (events can be dropped by kubelet's rate limit or expire).
+//!
+//! Pure state machine (no I/O, time passed in) so every rule is unit-tested.
+
+use super::messages::{self, PullMessage};
+use crate::core::attempt::{Outcome, PodRef, PullAttempt, Source};
+use crate::core::classifier;
+use crate::core::reason::Reason;
+use crate::core::reference::ImageRef;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a pull failure seen in a pod status waits for kubelet's `Failed` event (and how far
+/// apart the two may be to count as one attempt).
+pub const DEDUP_WINDOW: Duration = Duration::from_secs(30);
+
+/// Events older than this (by their last timestamp) are forgotten; the API server's default
+/// event TTL is one hour.
+pub const EVENT_MEMORY: Duration = Duration::from_secs(2 * 3600);
+
+/// At most this many Events are remembered (a node's pods rarely produce more than a few hundred
+/// pull events an hour); beyond it the oldest are dropped first.
+pub const MAX_TRACKED_EVENTS: usize = 20_000;
+
+/// A kubelet Event about a pod on this node, reduced to what matters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventObs {
+    /// Event UID (the key of its repeats).
+    pub uid: String,
+    /// Occurrences so far (`count`, or `series.count`; at least 1).
+    pub count: u32,
+    /// kubelet's reason: `Pulling`, `Pulled`, `Failed`, `BackOff`, ...
+    pub reason: String,
+    /// The message.
+    pub message: String,
+    /// The pod it is about.
+    pub pod: PodRef,
+    /// First occurrence.
+    pub first_seen: Option<SystemTime>,
+    /// Latest occurrence.
+    pub last_seen: Option<SystemTime>,
+}
+
+/// What a container's state says about pulling its image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullState {
+    /// The last pull failed (`ErrImagePull`, `RegistryUnavailable`, `SignatureValidationFailed`)
+    /// with this message.
+    Failed(String),
+    /// kubelet waits before retrying (`ImagePullBackOff`), message as given.
+    BackOff(String),
+    /// Waiting for something that is not a pull (e.g. `ContainerCreating`, or a pull in progress).
+    Waiting,
+    /// Running or terminated: the image is there.
+    Present,
+}
+
+/// One container of a pod, as its status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerObs {
+    /// Container name.
+    pub name: String,
+    /// Image as the spec names it.
+    pub image: String,
+    /// State.
+    pub state: PullState,
+}
+
+/// A pod on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodObs {
+    /// The pod.
+    pub pod: PodRef,
+    /// `metadata.creationTimestamp`.
+    pub created: Option<SystemTime>,
+    /// Its containers (init, regular and ephemeral).
+    pub containers: Vec<ContainerObs>,
+}
+
+/// What the source should do with the recorder.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Record one attempt.
+    Record(PullAttempt),
+    /// kubelet backs off `image` for `pod`; `reason` is the last failure's cause if it said.
+    BackingOff {
+        /// Pod.
+        pod: PodRef,
+        /// Image.
+        image: String,
+        /// Cause, if known.
+        reason: Option<Reason>,
+    },
+    /// `image` no longer fails for `pod`.
+    Cleared {
+        /// Pod.
+        pod: PodRef,
+        /// Image.
+        image: String,
+    },
+    /// The pod with this UID is gone.
+    PodGone(String),
+    /// A status failure was matched to its event and not counted again.
+    Deduplicated,
+}
+
+/// `(pod uid, normalized image)`.
+type PairKey = (String, String);
+
+fn image_key(image: &str) -> String {
+    ImageRef::parse(image).map_or_else(|_| image.to_string(), |r| r.to_string())
+}
+
+#[derive(Debug)]
+struct SeenEvent {
+    count: u32,
+    last_seen: SystemTime,
+}
+
+#[derive(Debug)]
+struct PendingStatus {
+    deadline: Instant,
+    attempt: PullAttempt,
+}
+
+/// The state machine. See the module docs for the rules.
+#[derive(Debug)]
+pub struct KubeTracker {
+    since: SystemTime,
+    emit_attempts: bool,
+    events: HashMap<String, SeenEvent>,
+    /// Container states by (pod uid, container name).
+    containers: HashMap<(String, String), PullState>,
+    /// Failed events not (yet) matched to a status failure, by pair, with when they were seen.
+    unmatched_events: HashMap<PairKey, VecDeque<Instant>>,
+    /// Status failures waiting for their event.
+    pending: HashMap<PairKey, VecDeque<PendingStatus>>,
+}
+
+impl KubeTracker {
+    /// A tracker for an agent started at `since`. With `emit_attempts` false (the interposer is
+    /// authoritative) it still reports backoff signals but records no attempts.
+    pub fn new(since: SystemTime, emit_attempts: bool) -> Self {
+        // Kubernetes timestamps have second resolution: compare against the start's second.
+        let since = since
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(since, |d| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(d.as_secs())
+            });
+        Self {
+            since,
+            emit_attempts,
+            events: HashMap::new(),
+            containers: HashMap::new(),
+            unmatched_events: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// How many of `ev`'s occurrences are new.
+    fn new_occurrences(&mut self, ev: &EventObs) -> u32 {
+        let count = ev.count.max(1);
+        let last_seen = ev.last_seen.or(ev.first_seen).unwrap_or(self.since);
+        let previous = self.events.insert(
+            ev.uid.clone(),
+            SeenEvent {
+                count: count.max(self.events.get(&ev.uid).map_or(0, |s| s.count)),
+                last_seen,
+            },
+        );
+        match previous {
+            Some(p) => count.saturating_sub(p.count),
+            None if ev.first_seen.is_some_and(|t| t >= self.since) => count,
+            None if last_seen >= self.since => 1,
+            None => 0,
+        }
+    }
+
+    /// Feeds one Event (added, modified or relisted).
+    pub fn on_event(&mut self, ev: &EventObs, now: Instant) -> Vec<Action> {
+        let parsed = messages::parse(&ev.message);
+        let relevant = matches!(
+            (ev.reason.as_str(), &parsed),
+            ("Pulled", Some(PullMessage::Pulled { .. }))
+                | ("Failed", Some(PullMessage::Failed { .. }))
+                | ("BackOff", Some(PullMessage::BackOff { .. }))
+        );
+        if !relevant {
+            return Vec::new(); // not remembered either: memory is for pull events only
+        }
+        let n = self.new_occurrences(ev);
+        if n == 0 {
+            return Vec::new();
+        }
+        let at = ev.last_seen.unwrap_or_else(SystemTime::now);
+        let mut out = Vec::new();
+        match (ev.reason.as_str(), parsed) {
+            (
+                "Pulled",
+                Some(PullMessage::Pulled {
+                    image, duration, ..
+                }),
+            ) => {
+                for i in 0..n {
+                    // Folded repeats carry only the latest duration.
+                    let duration = if i == 0 { duration } else { None };
+                    out.push(Action::Record(attempt(
+                        image,
+                        &ev.pod,
+                        at,
+                        duration,
+                        Outcome::Success {
+                            image_ref: String::new(),
+                        },
+                    )));
+                }
+            }
+            ("Failed", Some(PullMessage::Failed { image, error })) => {
+                let outcome = failure(error);
+                for _ in 0..n {
+                    out.push(Action::Record(attempt(
+                        image,
+                        &ev.pod,
+                        at,
+                        None,
+                        outcome.clone(),
+                    )));
+                    if self.take_pending(&(ev.pod.uid.clone(), image_key(image))) {
+                        out.push(Action::Deduplicated);
+                    } else {
+                        let q = self
+                            .unmatched_events
+                            .entry((ev.pod.uid.clone(), image_key(image)))
+                            .or_default();
+                        q.push_back(now);
+                        if q.len() > 16 {
+                            q.pop_front();
+                        }
+                    }
+                }
+            }
+            ("BackOff", Some(PullMessage::BackOff { image, error })) => {
+                out.push(Action::BackingOff {
+                    pod: ev.pod.clone(),
+                    image: image.to_string(),
+                    reason: error.and_then(|e| failure(e).reason()),
+                });
+            }
+            _ => {}
+        }
+        if !self.emit_attempts {
+            out.retain(|a| !matches!(a, Action::Record(_) | Action::Deduplicated));
+        }
+        out
+    }
+
+    /// Consumes one pending status failure of `key`, if any.
+    fn take_pending(&mut self, key: &PairKey) -> bool {
+        let Some(q) = self.pending.get_mut(key) else {
+            return false;
+        };
+        let took = q.pop_front().is_some();
+        if q.is_empty() {
+            self.pending.remove(key);
+        }
+        took
+    }
+
+    /// Consumes one unmatched event of `key` seen within the window before `now`, if any.
+    fn take_unmatched_event(&mut self, key: &PairKey, now: Instant) -> bool {
+        let Some(q) = self.unmatched_events.get_mut(key) else {
+            return false;
+        };
+        q.retain(|t| now.saturating_duration_since(*t) <= DEDUP_WINDOW);
+        let took = q.pop_front().is_some();
+        if q.is_empty() {
+            self.unmatched_events.remove(key);
+        }
+        took
+    }
+
+    /// Feeds one pod (added, modified or relisted).
+    pub fn on_pod(&mut self, p: &PodObs, now: Instant) -> Vec<Action> {
+        let new_pod = p.created.is_some_and(|t| t >= self.since);
+        let mut out = Vec::new();
+        for c in &p.containers {
+            let ckey = (p.pod.uid.clone(), c.name.clone());
+            let previous = self.containers.insert(ckey, c.state.clone());
+            if previous.as_ref() == Some(&c.state) {
+                continue; // a resync: nothing changed
+            }
+            match &c.state {
+                PullState::Failed(message) => {
+                    // A container seen for the first time in a failed state is history unless
+                    // the pod itself is new.
+                    if previous.is_none() && !new_pod {
+                        out.push(Action::BackingOff {
+                            pod: p.pod.clone(),
+                            image: c.image.clone(),
+                            reason: failure(message).reason(),
+                        });
+                        continue;
+                    }
+                    let key = (p.pod.uid.clone(), image_key(&c.image));
+                    if self.take_unmatched_event(&key, now) {
+                        out.push(Action::Deduplicated);
+                        continue;
+                    }
+                    self.pending
+                        .entry(key)
+                        .or_default()
+                        .push_back(PendingStatus {
+                            deadline: now + DEDUP_WINDOW,
+                            attempt: attempt(
+                                &c.image,
+                                &p.pod,
+                                SystemTime::now(),
+                                None,
+                                failure(message),
+                            ),
+                        });
+                }
+                PullState::BackOff(message) => {
+                    let error = match messages::parse(message) {
+                        Some(PullMessage::BackOff { error, .. }) => error,
+                        _ => None,
+                    };
+                    out.push(Action::BackingOff {
+                        pod: p.pod.clone(),
+                        image: c.image.clone(),
+                        reason: error.and_then(|e| failure(e).reason()),
+                    });
+                }
+                PullState::Present => out.push(Action::Cleared {
+                    pod: p.pod.clone(),
+                    image: c.image.clone(),
+                }),
+                PullState::Waiting => {}
+            }
+        }
+        if !self.emit_attempts {
+            out.retain(|a| !matches!(a, Action::Record(_) | Action::Deduplicated));
+            self.pending.clear();
+        }
+        out
+    }
+
+    /// The pod with `uid` was deleted.
+    pub fn on_pod_deleted(&mut self, uid: &str) -> Vec<Action> {
+        self.containers.retain(|(u, _), _| u != uid);
+        self.unmatched_events.retain(|(u, _), _| u != uid);
+        // A failure seen just before deletion still happened: keep it pending.
+        vec![Action::PodGone(uid.to_string())]
+    }
+
+    /// The Event with `uid` was deleted (expired): forget its count.
+    pub fn on_event_deleted(&mut self, uid: &str) {
+        self.events.remove(uid);
+    }
+
+    /// Emits status failures whose event never came, and forgets old state. Call every second.
+    pub fn tick(&mut self, now: Instant, wall: SystemTime) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.pending.retain(|_, q| {
+            while q.front().is_some_and(|p| p.deadline <= now) {
+                if let Some(p) = q.pop_front() {
+                    out.push(Action::Record(p.attempt));
+                }
+            }
+            !q.is_empty()
+        });
+        self.unmatched_events.retain(|_, q| {
+            q.retain(|t| now.saturating_duration_since(*t) <= DEDUP_WINDOW);
+            !q.is_empty()
+        });
+        self.events.retain(|_, e| {
+            wall.duration_since(e.last_seen)
+                .map_or(true, |age| age < EVENT_MEMORY)
+        });
+        if self.events.len() > MAX_TRACKED_EVENTS {
+            let mut by_age: Vec<(SystemTime, String)> = self
+                .events
+                .iter()
+                .map(|(k, e)| (e.last_seen, k.clone()))
+                .collect();
+            by_age.sort();
+            let excess = self.events.len() - MAX_TRACKED_EVENTS;
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.events.remove(&k);
+            }
+        }
+        if !self.emit_attempts {
+            out.clear();
+        }
+        out
+    }
+
+    /// Number of Events remembered (for tests and bounds).
+    pub fn tracked_events(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// A failure outcome from kubelet's copy of the runtime's error.
+fn failure(error: &str) -> Outcome {
+    let (code, text) = messages::split_rpc_error(error);
+    // Keep the whole text for the log; classify on the description with the code as fallback.
+    let reason = classifier::classify(code, if text.is_empty() { error } else { text });
+    Outcome::Failure {
+        code,
+        message: error.to_string(),
+        reason,
+    }
+}
+
+fn attempt(
+    image: &str,
+    pod: &PodRef,
+    ended_at: SystemTime,
+    duration: Option<Duration>,
+    outcome: Outcome,
+) -> PullAttempt {
+    PullAttempt {
+        image: image.to_string(),
+        reference: ImageRef::parse(image).ok(),
+        pod: Some(pod.clone()),
+        started_at: ended_at - duration.unwrap_or_default(),
+        duration,
+        outcome,
+        source: Source::Kube,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> PodRef {
+        PodRef {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: "uid-1".into(),
+        }
+    }
+
+    fn ev(uid: &str, count: u32, reason: &str, message: &str, at: SystemTime) -> EventObs {
+        EventObs {
+            uid: uid.into(),
+            count,
+            reason: reason.into(),
+            message: message.into(),
+            pod: pod(),
+            first_seen: Some(at),
+            last_seen: Some(at),
+        }
+    }
+
+    fn records(actions: &[Action]) -> Vec<&PullAttempt> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Record(a) => Some(a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn pod_with(state: PullState, created: SystemTime) -> PodObs {
+        PodObs {
+            pod: pod(),
+            created: Some(created),
+            containers: vec![ContainerObs {
+                name: "app".into(),
+                image: "nginx:nope".into(),
+                state,
+            }],
+        }
+    }
+
+    const FAILED: &str = "Failed to pull image \"nginx:nope\": rpc error: code = NotFound desc = failed to pull and unpack image \"docker.io/library/nginx:nope\": failed to resolve reference \"docker.io/library/nginx:nope\": docker.io/library/nginx:nope: not found";
+
+    #[test]
+    fn pulled_event_is_one_success_with_kubelets_duration() {
+        let since = SystemTime::now();
+        let mut t = KubeTracker::new(since, true);
+        let now = Instant::now();
+        let e = ev(
+            "e1",
+            1,
+            "Pulled",
+            "Successfully pulled image \"nginx:1.27\" in 1.5s (2s including waiting). Image size: 10 bytes.",
+            since + Duration::from_secs(5),
+        );
+        let a = t.on_event(&e, now);
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].duration, Some(Duration::from_millis(1500)));
+        assert_eq!(r[0].registry(), "docker.io");
+        assert_eq!(r[0].source, Source::Kube);
+        assert_eq!(r[0].started_at, since + Duration::from_millis(3500));
+        // The same event again (resync, relist): nothing new.
+        assert!(t.on_event(&e, now).is_empty());
+        // Cache hits are not pulls.
+        let hit = ev(
+            "e2",
+            1,
+            "Pulled",
+            "Container image \"nginx:1.27\" already present on machine",
+            since,
+        );
+        assert!(t.on_event(&hit, now).is_empty());
+    }
+
+    #[test]
+    fn event_counts_grow_and_only_growth_counts() {
+        let since = SystemTime::now();
+        let mut t = KubeTracker::new(since, true);
+        let now = Instant::now();
+        let mut e = ev("f", 1, "Failed", FAILED, since + Duration::from_secs(1));
+        let r = t.on_event(&e, now);
+        assert_eq!(records(&r).len(), 1);
+        assert_eq!(records(&r)[0].outcome.reason(), Some(Reason::NotFound));
+        e.count = 4;
+        assert_eq!(records(&t.on_event(&e, now)).len(), 3);
+        e.count = 4;
+        assert!(records(&t.on_event(&e, now)).is_empty());
+        // Non-pull "Failed" events (kubelet's follow-up "Error: ErrImagePull") never count.
+        let follow = ev(
+            "g",
+            1,
+            "Failed",
+            "Error: ErrImagePull",
+            since + Duration::from_secs(1),
+        );
+        assert!(t.on_event(&follow, now).is_empty());
+    }
+
+    #[test]
+    fn events_from_before_the_start_are_history() {
+        let since = SystemTime::now();
+        let mut t = KubeTracker::new(since, true);
+        let now = Instant::now();
+        let before = since - Duration::from_secs(60);
+        assert!(
+            t.on_event(&ev("old", 7, "Failed", FAILED, before), now)
+                .is_empty()
+        );
+        // A folded event that started before us but repeated after: only the latest counts.
+        let mut e = ev("mixed", 5, "Failed", FAILED, before);
+        e.last_seen = Some(since + Duration::from_secs(1));
+        assert_eq!(records(&t.on_event(&e, now)).len(), 1);
+        // The old one grows while we watch: the growth counts.
+        let mut old = ev("old", 9, "Failed", FAILED, before);
+        old.last_seen = Some(since + Duration::from_secs(2));
+        assert_eq!(records(&t.on_event(&old, now)).len(), 2);
+    }
+
+    #[test]
+    fn status_failure_counts_once_with_its_event_either_order() {
+        let since = SystemTime::now();
+        let now = Instant::now();
+        // Status first, event second.
+        let mut t = KubeTracker::new(since, true);
+        t.on_pod(&pod_with(PullState::Waiting, since), now);
+        let a = t.on_pod(
+            &pod_with(
+                PullState::Failed("rpc error: code = NotFound desc = x: not found".into()),
+                since,
+            ),
+            now,
+        );
+        assert!(records(&a).is_empty(), "status waits for its event");
+        let a = t.on_event(
+            &ev("f", 1, "Failed", FAILED, since),
+            now + Duration::from_secs(2),
+        );
+        assert_eq!(records(&a).len(), 1);
+        assert!(a.contains(&Action::Deduplicated));
+        assert!(t.tick(now + DEDUP_WINDOW * 2, SystemTime::now()).is_empty());
+
+        // Event first, status second.
+        let mut t = KubeTracker::new(since, true);
+        t.on_pod(&pod_with(PullState::Waiting, since), now);
+        assert_eq!(
+            records(&t.on_event(&ev("f", 1, "Failed", FAILED, since), now)).len(),
+            1
+        );
+        let a = t.on_pod(
+            &pod_with(PullState::Failed("x: not found".into()), since),
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(a, vec![Action::Deduplicated]);
+        assert!(t.tick(now + DEDUP_WINDOW * 2, SystemTime::now()).is_empty());
+    }
+
+    #[test]
+    fn status_failure_without_event_counts_after_the_window() {
+        let since = SystemTime::now();
+        let now = Instant::now();
+        let mut t = KubeTracker::new(since, true);
+        t.on_pod(&pod_with(PullState::Waiting, since), now);
+        let failed = pod_with(PullState::Failed("429 Too Many Requests".into()), since);
+        t.on_pod(&failed, now);
+        // Resyncs of the same status are not new attempts.
+        t.on_pod(&failed, now + Duration::from_secs(5));
+        assert!(
+            t.tick(now + Duration::from_secs(10), SystemTime::now())
+                .is_empty()
+        );
+        let a = t.tick(now + DEDUP_WINDOW, SystemTime::now());
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].outcome.reason(), Some(Reason::RateLimited));
+        assert_eq!(r[0].duration, None);
+        // Back-off, then a new failure: a second attempt.
+        let b = t.on_pod(
+            &pod_with(
+                PullState::BackOff("Back-off pulling image \"nginx:nope\"".into()),
+                since,
+            ),
+            now,
+        );
+        assert!(matches!(b[0], Action::BackingOff { reason: None, .. }));
+        t.on_pod(&failed, now + DEDUP_WINDOW);
+        assert_eq!(
+            records(&t.tick(now + DEDUP_WINDOW * 2, SystemTime::now())).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn statuses_seen_first_in_a_relist_are_history_but_feed_backoff() {
+        let since = SystemTime::now();
+        let now = Instant::now();
+        let mut t = KubeTracker::new(since, true);
+        let old = since - Duration::from_secs(600);
+        let a = t.on_pod(
+            &pod_with(
+                PullState::Failed(
+                    "pull access denied, repository does not exist or may require authorization"
+                        .into(),
+                ),
+                old,
+            ),
+            now,
+        );
+        assert_eq!(
+            a,
+            vec![Action::BackingOff {
+                pod: pod(),
+                image: "nginx:nope".into(),
+                reason: Some(Reason::Unauthorized)
+            }]
+        );
+        assert!(t.tick(now + DEDUP_WINDOW * 2, SystemTime::now()).is_empty());
+        let b = t.on_pod(
+            &pod_with(
+                PullState::BackOff(
+                    "Back-off pulling image \"nginx:nope\": ErrImagePull: 429 Too Many Requests"
+                        .into(),
+                ),
+                old,
+            ),
+            now,
+        );
+        assert!(matches!(
+            b[0],
+            Action::BackingOff {
+                reason: Some(Reason::RateLimited),
+                ..
+            }
+        ));
+        assert!(matches!(
+            t.on_pod(&pod_with(PullState::Present, old), now)[0],
+            Action::Cleared { .. }
+        ));
+        assert_eq!(
+            t.on_pod_deleted("uid-1"),
+            vec![Action::PodGone("uid-1".into())]
+        );
+    }
+
+    #[test]
+    fn interposer_mode_records_nothing_but_keeps_backoff() {
+        let since = SystemTime::now();
+        let now = Instant::now();
+        let mut t = KubeTracker::new(since, false);
+        assert!(
+            t.on_event(&ev("f", 3, "Failed", FAILED, since), now)
+                .is_empty()
+        );
+        t.on_pod(&pod_with(PullState::Waiting, since), now);
+        t.on_pod(&pod_with(PullState::Failed("x".into()), since), now);
+        assert!(t.tick(now + DEDUP_WINDOW * 2, SystemTime::now()).is_empty());
+        let b = t.on_event(
+            &ev(
+                "b",
+                1,
+                "BackOff",
+                "Back-off pulling image \"nginx:nope\"",
+                since,
+            ),
+            now,
+        );
+        assert_eq!(b.len(), 1);
+    }
+
+    const BACKOFF: &str = "Back-off pulling image \"nginx:nope\"";
+
+    #[test]
+    fn memory_is_bounded() {
+        let since = SystemTime::now();
+        let now = Instant::now();
+        let mut t = KubeTracker::new(since, true);
+        for i in 0..(MAX_TRACKED_EVENTS + 500) {
+            let at = since + Duration::from_millis(i as u64);
+            t.on_event(&ev(&format!("e{i}"), 1, "BackOff", BACKOFF, at), now);
+        }
+        t.tick(now, since);
+        assert_eq!(t.tracked_events(), MAX_TRACKED_EVENTS);
+        // The oldest went first: the newest is still known (a repeat counts nothing).
+        let last = MAX_TRACKED_EVENTS + 499;
+        let at = since + Duration::from_millis(last as u64);
+        assert!(
+            t.on_event(&ev(&format!("e{last}"), 1, "BackOff", BACKOFF, at), now)
+                .is_empty()
+        );
+        // Events that are not about pulls are not remembered at all.
+        t.on_event(&ev("x", 1, "Started", "Started container app", since), now);
+        assert_eq!(t.tracked_events(), MAX_TRACKED_EVENTS);
+        t.tick(now, since + EVENT_MEMORY + Duration::from_secs(60));
+        assert_eq!(t.tracked_events(), 0);
+    }
+}

@@ -1,0 +1,509 @@
+//! The Kubernetes API source end to end: the real pullwatch binary, with kube-rs's client and
+//! watcher, against a scripted API server fed realistic Pod and Event JSON of recent kubelets.
+
+mod common;
+
+use common::agent::{Agent, sum};
+use common::kube_api::{Kind, KubeApi, kubelet_event, pod, running, waiting};
+use std::time::Duration;
+
+const NODE: &str = "node-a";
+
+const NOT_FOUND: &str = "rpc error: code = NotFound desc = failed to pull and unpack image \"docker.io/library/nginx:nope\": failed to resolve reference \"docker.io/library/nginx:nope\": docker.io/library/nginx:nope: not found";
+const RATE_LIMITED: &str = "failed to pull and unpack image \"docker.io/library/redis:7\": failed to copy: httpReadSeeker: failed open: unexpected status code https://registry-1.docker.io/v2/library/redis/manifests/sha256:0f1e: 429 Too Many Requests - Server message: toomanyrequests: You have reached your unauthenticated pull rate limit. https://www.docker.com/increase-rate-limit";
+const DENIED: &str = "rpc error: code = Unknown desc = failed to pull and unpack image \"registry.example.com/team/private:1\": failed to resolve reference \"registry.example.com/team/private:1\": pull access denied, repository does not exist or may require authorization: server message: insufficient_scope: authorization failed";
+
+fn start(api: &KubeApi, dir: &std::path::Path, extra: &[&str]) -> Agent {
+    let kubeconfig = api.kubeconfig(dir);
+    let mut args = vec![
+        "--kube",
+        "--node-name",
+        NODE,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--log-level",
+        "info,kube=warn",
+    ];
+    args.extend_from_slice(extra);
+    Agent::start_bare(dir, &args)
+}
+
+fn failed(image: &str, err: &str) -> String {
+    format!("Failed to pull image \"{image}\": {err}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_successes_and_backoff_come_from_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    // History from before the agent started: counted nowhere, but the pod in backoff shows.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "shop",
+            "old-1",
+            NODE,
+            "nginx:nope",
+            3600,
+            Some(waiting(
+                "ImagePullBackOff",
+                &format!("Back-off pulling image \"nginx:nope\": ErrImagePull: {NOT_FOUND}"),
+            )),
+        ),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-old",
+            ("shop", "old-1", NODE),
+            ("Failed", &failed("nginx:nope", NOT_FOUND)),
+            6,
+            (3600, 120),
+        ),
+    );
+    // Another node's pod is not ours (the field selector leaves it out); another node's event is
+    // delivered (no selector exists for the host) and must be dropped.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "shop",
+            "elsewhere",
+            "node-b",
+            "redis:7",
+            0,
+            Some(waiting("ErrImagePull", RATE_LIMITED)),
+        ),
+    );
+    let agent = start(&api, dir.path(), &[]);
+    api.wait_for_watchers(Kind::Pods, 1).await;
+    api.wait_for_watchers(Kind::Events, 1).await;
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-b",
+            ("shop", "elsewhere", "node-b"),
+            ("Failed", &failed("redis:7", RATE_LIMITED)),
+            1,
+            (0, 0),
+        ),
+    );
+
+    let m = agent.scrape_until("the old pod in backoff", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_backoff",
+            &[("namespace", "shop"), ("reason", "not_found")],
+        ) == 1.0
+            && sum(m, "pullwatch_kube_watch_up", &[]) == 2.0
+    });
+    assert_eq!(
+        sum(&m, "pullwatch_image_pulls_total", &[]),
+        0.0,
+        "history is not counted:\n{m}"
+    );
+    let requests = api.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.contains("/api/v1/pods?")
+                && r.contains("fieldSelector=spec.nodeName%3Dnode-a")),
+        "pods are listed for this node only: {requests:#?}"
+    );
+
+    // A new pod pulls successfully: kubelet's own duration.
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web-1", NODE, "nginx:1.27", 0, None),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-pulling",
+            ("shop", "web-1", NODE),
+            ("Pulling", "Pulling image \"nginx:1.27\""),
+            1,
+            (2, 2),
+        ),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event("ev-pulled", ("shop", "web-1", NODE), ("Pulled", "Successfully pulled image \"nginx:1.27\" in 1.5s (2.1s including waiting). Image size: 68857691 bytes."), 1, (0, 0)),
+    );
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web-1", NODE, "nginx:1.27", 0, Some(running())),
+    );
+
+    // A new pod fails on a rate limit: the event and the status are one attempt.
+    api.apply(Kind::Pods, pod("batch", "job-1", NODE, "redis:7", 0, None));
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-rl",
+            ("batch", "job-1", NODE),
+            ("Failed", &failed("redis:7", RATE_LIMITED)),
+            1,
+            (0, 0),
+        ),
+    );
+    api.apply(
+        Kind::Pods,
+        pod(
+            "batch",
+            "job-1",
+            NODE,
+            "redis:7",
+            0,
+            Some(waiting("ErrImagePull", RATE_LIMITED)),
+        ),
+    );
+    let m = agent.scrape_until("one success and one rate-limited failure", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == 1.0
+            && sum(
+                m,
+                "pullwatch_image_pull_failures_total",
+                &[("reason", "rate_limited")],
+            ) == 1.0
+            && sum(m, "pullwatch_kube_deduplicated_total", &[]) == 1.0
+    });
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_duration_seconds_sum",
+            &[("result", "success")]
+        ),
+        1.5,
+        "kubelet's duration:\n{m}"
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pulls_total",
+            &[("registry", "docker.io")]
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_duration_seconds_count",
+            &[("result", "failure")]
+        ),
+        0.0,
+        "a failure's duration is unknown to the API, so it is not observed:\n{m}"
+    );
+
+    // kubelet retries: the event's count grows (folded repeats), the status flaps through
+    // back-off. Two more attempts, no more.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "batch",
+            "job-1",
+            NODE,
+            "redis:7",
+            0,
+            Some(waiting(
+                "ImagePullBackOff",
+                "Back-off pulling image \"redis:7\"",
+            )),
+        ),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-rl",
+            ("batch", "job-1", NODE),
+            ("Failed", &failed("redis:7", RATE_LIMITED)),
+            3,
+            (20, 0),
+        ),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-bo",
+            ("batch", "job-1", NODE),
+            ("BackOff", "Back-off pulling image \"redis:7\""),
+            2,
+            (15, 0),
+        ),
+    );
+    let m = agent.scrape_until("three rate-limited attempts and the pod in backoff", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "rate_limited")],
+        ) == 3.0
+            && sum(
+                m,
+                "pullwatch_image_pull_backoff",
+                &[("namespace", "batch"), ("reason", "rate_limited")],
+            ) == 1.0
+    });
+    assert_eq!(
+        sum(&m, "pullwatch_image_pulls_total", &[("result", "failure")]),
+        3.0,
+        "{m}"
+    );
+
+    // The pod is deleted: it leaves the backoff gauge at once.
+    api.delete(Kind::Pods, "uid-batch-job-1");
+    agent.scrape_until("the deleted pod out of backoff", |m| {
+        sum(m, "pullwatch_image_pull_backoff", &[("namespace", "batch")]) == 0.0
+    });
+
+    // The event log says where each attempt came from.
+    let events = agent.pull_events();
+    let kube: Vec<_> = events.iter().filter(|e| e["source"] == "kube").collect();
+    assert_eq!(kube.len(), 4, "{events:#?}");
+    assert!(
+        kube.iter()
+            .any(|e| e["pod"] == "web-1" && e["duration_seconds"] == 1.5)
+    );
+    assert!(
+        kube.iter()
+            .all(|e| e["namespace"] != "shop" || e["pod"] != "old-1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_only_in_the_status_counts_once_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    let agent = start(&api, dir.path(), &[]);
+    api.wait_for_watchers(Kind::Pods, 1).await;
+    // kubelet's event was lost (rate-limited by its recorder): only the status tells.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "team",
+            "api-1",
+            NODE,
+            "registry.example.com/team/private:1",
+            0,
+            None,
+        ),
+    );
+    let failing = pod(
+        "team",
+        "api-1",
+        NODE,
+        "registry.example.com/team/private:1",
+        0,
+        Some(waiting("ErrImagePull", DENIED)),
+    );
+    api.apply(Kind::Pods, failing.clone());
+    // Resyncs repeat the same status: still one attempt.
+    api.apply(Kind::Pods, failing);
+    let window = Duration::from_secs(45);
+    let m = agent.scrape_until_within(
+        window,
+        "the status-only failure (after the 30 s dedup window)",
+        |m| {
+            sum(
+                m,
+                "pullwatch_image_pull_failures_total",
+                &[
+                    ("reason", "unauthorized"),
+                    ("registry", "registry.example.com"),
+                ],
+            ) == 1.0
+        },
+    );
+    assert_eq!(sum(&m, "pullwatch_kube_deduplicated_total", &[]), 0.0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sum(&agent.scrape(), "pullwatch_image_pulls_total", &[]),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survives_gone_watches_cuts_bookmarks_and_api_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    api.apply(
+        Kind::Pods,
+        pod(
+            "shop",
+            "web-1",
+            NODE,
+            "nginx:nope",
+            0,
+            Some(waiting("ErrImagePull", NOT_FOUND)),
+        ),
+    );
+    let agent = start(&api, dir.path(), &[]);
+    api.wait_for_watchers(Kind::Events, 1).await;
+    api.wait_for_watchers(Kind::Pods, 1).await;
+    let fail = |count: u32| {
+        kubelet_event(
+            "ev-nf",
+            ("shop", "web-1", NODE),
+            ("Failed", &failed("nginx:nope", NOT_FOUND)),
+            count,
+            (60, 0),
+        )
+    };
+    api.apply(Kind::Events, fail(1));
+    // The first attempt started before the agent (first seen 60 s ago): only this repeat counts.
+    agent.scrape_until("the first failure", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "not_found")],
+        ) == 1.0
+    });
+
+    // 410 Gone: the watch cache moved on. Meanwhile the event grew to 3; a relist sees it.
+    let lists_before = list_requests(&api, "/api/v1/events");
+    api.apply_unseen(Kind::Events, fail(3));
+    api.expire_watches(Kind::Events);
+    let m = agent.scrape_until("the relist after 410 counting the two new repeats", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "not_found")],
+        ) == 3.0
+    });
+    assert!(
+        list_requests(&api, "/api/v1/events") > lists_before,
+        "410 must relist"
+    );
+    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 3.0, "{m}");
+
+    // A bookmark, then a silent cut: the watch resumes from the bookmark, and what happened in
+    // between is replayed once.
+    api.wait_for_watchers(Kind::Events, 1).await;
+    let rv = api.bookmark(Kind::Events);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    api.cut_watches(Kind::Events);
+    api.apply(Kind::Events, fail(4));
+    agent.scrape_until("the repeat after the cut", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "not_found")],
+        ) == 4.0
+    });
+    let resumed = format!("resourceVersion={rv}");
+    assert!(
+        api.requests().iter().any(|r| r.contains("/api/v1/events?")
+            && r.contains("watch=true")
+            && r.contains(&resumed)),
+        "watch must resume from the bookmark {rv}: {:#?}",
+        api.requests()
+    );
+
+    // The API server goes away; the pod is deleted while it is away.
+    api.set_down(true);
+    api.delete_unseen(Kind::Pods, "uid-shop-web-1");
+    api.expire_watches(Kind::Pods);
+    api.expire_watches(Kind::Events);
+    let m = agent.scrape_until("the watch marked down", |m| {
+        sum(m, "pullwatch_kube_watch_up", &[]) < 2.0
+            && sum(m, "pullwatch_source_errors_total", &[("source", "kube")]) >= 1.0
+    });
+    assert_eq!(sum(&m, "pullwatch_image_pull_backoff", &[]), 1.0, "{m}");
+    api.set_down(false);
+    let m = agent.scrape_until(
+        "recovery: watches up, the deleted pod out of backoff",
+        |m| {
+            sum(m, "pullwatch_kube_watch_up", &[]) == 2.0
+                && sum(m, "pullwatch_image_pull_backoff", &[]) == 0.0
+        },
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "not_found")]
+        ),
+        4.0,
+        "relists count nothing twice:\n{m}"
+    );
+
+    // Throttled by API priority and fairness: the client waits as told and carries on.
+    let before = api.requests().len();
+    api.throttle(3);
+    api.cut_watches(Kind::Events);
+    api.apply(Kind::Events, fail(5));
+    agent.scrape_until_within(
+        Duration::from_secs(30),
+        "the repeat after throttling",
+        |m| {
+            sum(
+                m,
+                "pullwatch_image_pull_failures_total",
+                &[("reason", "not_found")],
+            ) == 5.0
+        },
+    );
+    assert!(
+        api.requests().len() >= before + 4,
+        "the throttled requests were retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_interposer_on_the_api_adds_no_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    let proxy = dir.path().join("pullwatch.sock");
+    let agent = start(
+        &api,
+        dir.path(),
+        &["--cri-proxy-socket", proxy.to_str().unwrap()],
+    );
+    api.wait_for_watchers(Kind::Events, 1).await;
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-1",
+            ("shop", "web-1", NODE),
+            ("Failed", &failed("nginx:nope", NOT_FOUND)),
+            2,
+            (0, 0),
+        ),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event("ev-2", ("shop", "web-1", NODE), ("Pulled", "Successfully pulled image \"nginx:1\" in 1s (1s including waiting). Image size: 1 bytes."), 1, (0, 0)),
+    );
+    // The status arrives after the events on the same connection order: once it shows in the
+    // backoff gauge (which the API source still feeds), the events were seen too.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "shop",
+            "web-1",
+            NODE,
+            "nginx:nope",
+            0,
+            Some(waiting(
+                "ImagePullBackOff",
+                &format!("Back-off pulling image \"nginx:nope\": ErrImagePull: {NOT_FOUND}"),
+            )),
+        ),
+    );
+    agent.scrape_until("the pod in backoff", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_backoff",
+            &[("reason", "not_found")],
+        ) == 1.0
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = agent.scrape();
+    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 0.0, "{m}");
+    assert!(agent.pull_events().is_empty());
+}
+
+fn list_requests(api: &KubeApi, path: &str) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.contains(&format!("{path}?")) && !r.contains("watch=true"))
+        .count()
+}
