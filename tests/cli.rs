@@ -104,6 +104,28 @@ fn bad_input_and_config_exit_64_with_one_line() {
             "--backoff-expiry",
         ),
         (&["pull", "nginx", "--timeout", "forever"][..], "--timeout"),
+        (&["run", "--kube"][..], "--node-name: required with --kube"),
+        (
+            &[
+                "run",
+                "--kube",
+                "--node-name",
+                "n1",
+                "--kubeconfig",
+                "/nonexistent/kubeconfig",
+            ][..],
+            "--kubeconfig: /nonexistent/kubeconfig is not a readable file",
+        ),
+        (
+            &[
+                "run",
+                "--containerd-socket",
+                "/c.sock",
+                "--kubeconfig",
+                "/k",
+            ][..],
+            "--kubeconfig: only used with --kube",
+        ),
         (&["frobnicate"][..], "frobnicate"),
     ] {
         let o = pullwatch(args, None);
@@ -117,6 +139,46 @@ fn bad_input_and_config_exit_64_with_one_line() {
                 "{args:?}: one line, got {e}"
             );
         }
+    }
+}
+
+#[test]
+fn kube_source_without_a_cluster_or_with_a_broken_kubeconfig_fails_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("kubeconfig");
+    // Malformed, and holding a token: the error must not quote it.
+    std::fs::write(
+        &broken,
+        "users: [{name: u, user: {token: s3cr3t-t0ken}\nclusters: [",
+    )
+    .unwrap();
+    for (extra, needle) in [
+        (vec![], "--kube: no in-cluster service account"),
+        (
+            vec!["--kubeconfig", broken.to_str().unwrap()],
+            "--kubeconfig",
+        ),
+    ] {
+        let mut args = vec![
+            "run",
+            "--kube",
+            "--node-name",
+            "n1",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(extra);
+        let o = Command::new(env!("CARGO_BIN_EXE_pullwatch"))
+            .args(&args)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .output()
+            .unwrap();
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {e}");
+        assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
     }
 }
 

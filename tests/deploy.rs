@@ -78,7 +78,29 @@ fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
     let kinds: BTreeSet<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
     assert_eq!(
         kinds,
-        BTreeSet::from(["DaemonSet", "Namespace", "Service", "ServiceAccount"])
+        BTreeSet::from([
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Namespace",
+            "Service",
+            "ServiceAccount"
+        ])
+    );
+    // Minimal RBAC: read pods and events, nothing else, bound to the agent's account.
+    let role = kind(&docs, "ClusterRole");
+    assert_eq!(
+        role["rules"],
+        serde_json::json!([{"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}])
+    );
+    let binding = kind(&docs, "ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], "pullwatch");
+    assert_eq!(
+        (
+            binding["subjects"][0]["name"].as_str(),
+            binding["subjects"][0]["namespace"].as_str()
+        ),
+        (Some("pullwatch"), Some("pullwatch"))
     );
     let ds = kind(&docs, "DaemonSet");
     let pod = &ds["spec"]["template"]["spec"];
@@ -91,7 +113,7 @@ fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(c["env"][0]["name"], "NODE_NAME");
+    assert_eq!(c["env"][0]["name"], "PULLWATCH_NODE_NAME");
     assert_eq!(
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "spec.nodeName"

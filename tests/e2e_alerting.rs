@@ -67,6 +67,11 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
         &TestImage::build("alert-big", 3 << 20, "amd64"),
     );
     let ctd = sb.containerd_sock.to_str().unwrap().to_string();
+    // Every source on, so every dashboard panel has data: the probe reads an exhausted quota,
+    // the Kubernetes API source watches a scripted API server.
+    let probe = format!("http://{}/ratelimitedhead/probe:1", sb.fault.host());
+    let api = common::kube_api::KubeApi::start().await;
+    let kubeconfig = api.kubeconfig(sb.dir.path());
     let agent = Agent::start(
         &sb,
         &[
@@ -76,6 +81,15 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
             "200ms",
             "--runtime-status-interval",
             "1s",
+            "--ratelimit-probe",
+            &probe,
+            "--ratelimit-probe-interval",
+            "1s",
+            "--kube",
+            "--node-name",
+            "node-a",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
         ],
     );
     let dir = sb.dir.path();
@@ -144,7 +158,11 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
     });
 
     // (2) The chosen alerts fire in Prometheus...
-    let want = ["ImagePullBackOffSpike", "RegistryRateLimited"];
+    let want = [
+        "ImagePullBackOffSpike",
+        "RegistryRateLimited",
+        "RateLimitNearlyExhausted",
+    ];
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = firing(prom.addr);
@@ -201,7 +219,19 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
         .find(|a| a["labels"]["alertname"] == "RegistryRateLimited")
         .unwrap();
     assert_eq!(rl["labels"]["registry"], f.as_str());
-    for a in [spike, rl] {
+    let nearly = delivered
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "RateLimitNearlyExhausted")
+        .unwrap();
+    assert_eq!(nearly["labels"]["registry"], f.as_str());
+    assert!(
+        nearly["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("has 0% of its"),
+        "{nearly}"
+    );
+    for a in [spike, rl, nearly] {
         let name = a["labels"]["alertname"].as_str().unwrap();
         assert_eq!(
             a["annotations"]["runbook_url"].as_str().unwrap(),
@@ -228,7 +258,7 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
     );
     let rules = std::fs::read_to_string(dir.join("rules.yml")).unwrap();
     let exprs = common::prometheus::rule_exprs(&rules);
-    assert_eq!(exprs.len(), 9);
+    assert_eq!(exprs.len(), 10);
     for (name, expr) in &exprs {
         let data = query(prom.addr, expr);
         if want.contains(&name.as_str()) {

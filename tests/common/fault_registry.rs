@@ -16,6 +16,12 @@
 //! | `hang/`           | never answers manifest requests (until 5 minutes pass)                       |
 //! | `throttled/`      | layer blobs at 1 MiB/s (containerd's ingest offset moves in 1 MiB steps)     |
 //! | `stallblob/`      | layer blobs send 2 MiB, then nothing more (until 5 minutes pass)            |
+//! | `quota/`          | like Docker Hub's `ratelimitpreview/test`: any manifest, Bearer token needed; |
+//! |                   | HEAD answers 200 with `ratelimit-limit` 100 (anonymous) or 200 (Basic        |
+//! |                   | `probe-user:probe-pass` at the token endpoint) and `ratelimit-remaining`     |
+//! |                   | [`FaultRegistry::set_quota_remaining`]; wrong credentials: token 401         |
+//! | `garbage/`        | any manifest HEAD: 200 with unreadable `ratelimit-*` headers                 |
+//! | `nolimit/`        | any manifest HEAD: 200 without `ratelimit-*` headers                         |
 //!
 //! Every request is counted by path so tests can assert what the runtime asked for.
 
@@ -45,7 +51,16 @@ struct State {
     images: HashMap<String, HashMap<String, TestImage>>,
     blobs: HashMap<String, Vec<u8>>,
     hits: HashMap<String, usize>,
+    /// `ratelimit-remaining` of `quota/`.
+    quota_remaining: u64,
+    /// How the token endpoint was asked: `anonymous`, `basic-ok`, `basic-wrong`.
+    token_auth: Vec<&'static str>,
 }
+
+/// The credentials `quota/`'s token endpoint accepts.
+pub const QUOTA_USER: &str = "probe-user";
+/// Password of [`QUOTA_USER`].
+pub const QUOTA_PASSWORD: &str = "probe-pass";
 
 #[derive(Clone)]
 pub struct FaultRegistry {
@@ -85,6 +100,7 @@ impl FaultRegistry {
             state: Arc::default(),
             slow_bytes_per_sec,
         };
+        reg.set_quota_remaining(76);
         let server = reg.clone();
         tokio::spawn(async move {
             loop {
@@ -124,6 +140,91 @@ impl FaultRegistry {
         }
     }
 
+    /// Sets `ratelimit-remaining` of `quota/` (starts at 76).
+    pub fn set_quota_remaining(&self, n: u64) {
+        self.state.lock().unwrap().quota_remaining = n;
+    }
+
+    /// How `quota/`'s token endpoint was asked, in order: `anonymous`, `basic-ok`, `basic-wrong`.
+    pub fn token_auth(&self) -> Vec<&'static str> {
+        self.state.lock().unwrap().token_auth.clone()
+    }
+
+    fn quota_token(&self, req: &Request<Incoming>) -> Response<Body> {
+        use base64::Engine;
+        let basic = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .map(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b)
+                    .unwrap_or_default()
+            });
+        let (how, token) = match basic {
+            None => ("anonymous", "anon-token"),
+            Some(raw) if raw == format!("{QUOTA_USER}:{QUOTA_PASSWORD}").as_bytes() => {
+                ("basic-ok", "authed-token")
+            }
+            Some(_) => ("basic-wrong", ""),
+        };
+        self.state.lock().unwrap().token_auth.push(how);
+        if token.is_empty() {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "incorrect username or password",
+            );
+        }
+        full(
+            StatusCode::OK,
+            format!(r#"{{"token":"{token}","expires_in":300}}"#),
+        )
+    }
+
+    fn quota_manifest(
+        &self,
+        fault: &str,
+        req: &Request<Incoming>,
+        challenge: Response<Body>,
+    ) -> Response<Body> {
+        let bearer = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let limit = match (fault, bearer) {
+            ("quota", Some("anon-token")) => 100,
+            ("quota", Some("authed-token")) => 200,
+            ("quota", _) => return challenge,
+            _ => 0,
+        };
+        let mut r = full(StatusCode::OK, "");
+        let h = r.headers_mut();
+        h.insert("content-type", MANIFEST_TYPE.parse().unwrap());
+        match fault {
+            "quota" => {
+                let remaining = self.state.lock().unwrap().quota_remaining;
+                h.insert(
+                    "ratelimit-limit",
+                    format!("{limit};w=21600").parse().unwrap(),
+                );
+                h.insert(
+                    "ratelimit-remaining",
+                    format!("{remaining};w=21600").parse().unwrap(),
+                );
+                h.insert("docker-ratelimit-source", "127.0.0.1".parse().unwrap());
+            }
+            "garbage" => {
+                h.insert("ratelimit-limit", "plenty".parse().unwrap());
+                h.insert("ratelimit-remaining", ";w=".parse().unwrap());
+            }
+            _ => {}
+        }
+        r
+    }
+
     /// How many requests hit paths containing `needle`.
     pub fn hits(&self, needle: &str) -> usize {
         let st = self.state.lock().unwrap();
@@ -154,6 +255,9 @@ impl FaultRegistry {
             .or_default() += 1;
         if path == "/v2/" || path == "/v2" {
             return Ok(full(StatusCode::OK, "{}"));
+        }
+        if path.starts_with("/token") && req.uri().query().unwrap_or("").contains("quota") {
+            return Ok(self.quota_token(&req));
         }
         if path.starts_with("/token") {
             return Ok(if req.uri().query().unwrap_or("").contains("tokendenied") {
@@ -200,6 +304,9 @@ impl FaultRegistry {
             r
         };
         match fault {
+            "quota" | "garbage" | "nolimit" if kind == "manifest" => {
+                return Ok(self.quota_manifest(fault, &req, challenge("quota")));
+            }
             "ratelimitedhead" => return Ok(ratelimited(&req, true)),
             "ratelimited" if kind == "manifest" && req.method() == Method::GET => {
                 return Ok(ratelimited(&req, false));

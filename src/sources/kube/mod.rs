@@ -46,13 +46,13 @@ pub struct KubeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     /// The kubeconfig could not be read or used.
-    #[error("--kubeconfig {path}: {source}")]
+    #[error("--kubeconfig {path}: {problem}")]
     Kubeconfig {
         /// File.
         path: PathBuf,
-        /// Cause.
-        #[source]
-        source: kube::config::KubeconfigError,
+        /// What is wrong: the first line of the parser's message only, because the lines after
+        /// it quote the file, and a kubeconfig holds tokens and keys.
+        problem: String,
     },
     /// Not in a cluster and no kubeconfig.
     #[error("--kube: no in-cluster service account ({0}); run in a pod, or pass --kubeconfig PATH")]
@@ -62,22 +62,22 @@ pub enum KubeError {
     Client(#[source] kube::Error),
 }
 
+fn kubeconfig_error(path: &std::path::Path, e: &kube::config::KubeconfigError) -> KubeError {
+    KubeError::Kubeconfig {
+        path: path.to_path_buf(),
+        problem: e.to_string().lines().next().unwrap_or("").to_string(),
+    }
+}
+
 /// Builds the API client from `config` (no request is made yet).
 pub async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
     let cfg = match &config.kubeconfig {
         Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
-                KubeError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                }
-            })?;
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|source| kubeconfig_error(path, &source))?;
             kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
                 .await
-                .map_err(|source| KubeError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?
+                .map_err(|source| kubeconfig_error(path, &source))?
         }
         None => kube::Config::incluster().map_err(KubeError::InCluster)?,
     };
