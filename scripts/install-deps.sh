@@ -11,6 +11,8 @@ PACKAGES=(
   python3 python3-pip python3-yaml  # kubernetes-validate (PyPI) and YAML parsing in the deploy tests
   systemd             # systemd-analyze verify for the interposer unit
   util-linux iproute2 procps ca-certificates curl
+  openssl             # certificates for the --web.config.file TLS test
+  g++                 # libFuzzer's C++ sources (scripts/fuzz.sh builds them via libfuzzer-sys)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -10,3 +10,6 @@ cargo clippy --all-targets --locked -- -D warnings
 # Bounded: a hang must fail the run, not eat the CI budget.
 timeout 2400 cargo test --locked --lib --bins --tests --examples
 cargo build --locked --benches   # benches/proxy.rs is a measurement: built here, run by `cargo bench`
+# Fuzzing: a short bounded run of every target (the saved corpus is replayed by
+# tests/fuzz_corpus.rs above, on stable, in every run).
+FUZZ_SECONDS="${FUZZ_SECONDS:-30}" timeout 1800 bash scripts/fuzz.sh

@@ -71,11 +71,18 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    tracing::info!(listen = %config.listen, version = crate::VERSION, "serving /metrics");
+    tracing::info!(
+        listen = %config.listen,
+        version = crate::VERSION,
+        tls = config.web_config.as_ref().is_some_and(|w| w.tls.is_some()),
+        basic_auth = config.web_config.as_ref().is_some_and(|w| w.requires_auth()),
+        "serving /metrics"
+    );
     let http_task = tokio::spawn(http::serve(
         listener,
         recorder.clone(),
         ready.clone(),
+        config.web_config.clone(),
         stopped(stop_rx.clone()),
     ));
 

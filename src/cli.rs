@@ -142,6 +142,16 @@ pub struct RunArgs {
     #[arg(long, env = "PULLWATCH_RATELIMIT_PROBE_AUTH", value_name = "PATH")]
     pub ratelimit_probe_auth: Option<PathBuf>,
 
+    /// TLS and basic auth for the HTTP endpoint: a YAML file in the Prometheus exporter
+    /// toolkit's format (`tls_server_config`, `basic_auth_users` with bcrypt hashes). /healthz
+    /// and /readyz stay without auth.
+    #[arg(
+        long = "web.config.file",
+        env = "PULLWATCH_WEB_CONFIG_FILE",
+        value_name = "PATH"
+    )]
+    pub web_config_file: Option<PathBuf>,
+
     /// Address of the HTTP endpoint serving /metrics, /healthz and /readyz.
     #[arg(
         long,

@@ -53,6 +53,8 @@ pub struct RunConfig {
     pub runtime_status: Option<(std::path::PathBuf, Duration)>,
     /// HTTP endpoint address.
     pub listen: SocketAddr,
+    /// TLS / basic auth configuration of the HTTP endpoint, if given.
+    pub web_config: Option<std::sync::Arc<crate::web_config::WebConfig>>,
     /// Recorder limits.
     pub recorder: RecorderConfig,
     /// Log format.
@@ -172,7 +174,16 @@ impl RunConfig {
                 format!("invalid filter {:?}: {e}", args.log_level),
             )
         })?;
+        let web_config = match &args.web_config_file {
+            Some(p) => Some(std::sync::Arc::new(
+                crate::web_config::WebConfig::load(p).map_err(|e| {
+                    err("web.config.file", format!("{}: {}", p.display(), e.problem))
+                })?,
+            )),
+            None => None,
+        };
         Ok(Self {
+            web_config,
             proxy,
             containerd,
             kube,

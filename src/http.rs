@@ -2,6 +2,7 @@
 //! `/readyz` (all enabled sources started).
 
 use crate::recorder::Recorder;
+use crate::web_config::WebConfig;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -41,11 +42,34 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-fn route(req: &Request<Incoming>, recorder: &Recorder, ready: &Readiness) -> Response<Full<Bytes>> {
+fn route(
+    req: &Request<Incoming>,
+    recorder: &Recorder,
+    ready: &Readiness,
+    web: Option<&WebConfig>,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    // Probes stay open (kubelet's httpGet probes carry no credentials; they reveal nothing).
+    if let Some(web) = web
+        && !matches!(path, "/healthz" | "/readyz")
+    {
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !web.authorized(auth) {
+            let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Basic realm=\"pullwatch\""),
+            );
+            return r;
+        }
+    }
+    match path {
         "/metrics" => {
             let mut r = text(StatusCode::OK, recorder.render());
             r.headers_mut().insert(
@@ -62,23 +86,76 @@ fn route(req: &Request<Incoming>, recorder: &Recorder, ready: &Readiness) -> Res
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves.
+/// What every connection shares.
+#[derive(Clone)]
+struct Shared {
+    recorder: Arc<Recorder>,
+    ready: Readiness,
+    web: Option<Arc<WebConfig>>,
+}
+
+fn connection<S>(
+    stream: S,
+    s: &Shared,
+) -> impl hyper_util::server::graceful::GracefulConnection<
+    Error = Box<dyn std::error::Error + Send + Sync>,
+> + use<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let s = s.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let resp = route(&req, &s.recorder, &s.ready, s.web.as_deref());
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .into_owned()
+}
+
+/// How long a client may take for its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP (HTTPS with a TLS web config; basic auth if it names users) on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     recorder: Arc<Recorder>,
     ready: Readiness,
+    web: Option<Arc<WebConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
-    let serve = |stream| {
-        let (recorder, ready) = (recorder.clone(), ready.clone());
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let resp = route(&req, &recorder, &ready);
-            async move { Ok::<_, Infallible>(resp) }
-        });
-        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned()
+    let tls = web.as_ref().and_then(|w| w.tls.clone());
+    let shared = Shared {
+        recorder,
+        ready,
+        web: web.filter(|w| w.requires_auth()),
     };
-    crate::server::accept_loop("http", accept, shutdown, Duration::from_secs(2), serve).await;
+    let grace = Duration::from_secs(2);
+    let Some(tls) = tls else {
+        let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
+        let serve = |stream| connection(stream, &shared);
+        crate::server::accept_loop("http", accept, shutdown, grace, serve).await;
+        return;
+    };
+    let listener = tokio::sync::Mutex::new(
+        tls_listener::builder(tokio_rustls::TlsAcceptor::from(tls))
+            .handshake_timeout(HANDSHAKE_TIMEOUT)
+            .listen(listener),
+    );
+    let accept = || async {
+        let mut l = listener.lock().await;
+        loop {
+            match l.accept().await {
+                Ok((stream, _)) => return Ok(stream),
+                // One client's failed handshake is its problem, not the listener's.
+                Err(tls_listener::Error::ListenerError(e)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(peer = ?e.peer_addr(), error = %e, "TLS handshake failed");
+                }
+            }
+        }
+    };
+    let serve = |stream| connection(stream, &shared);
+    crate::server::accept_loop("https", accept, shutdown, grace, serve).await;
 }

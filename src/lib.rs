@@ -15,6 +15,8 @@ pub mod core;
 pub mod cri;
 pub mod cri_client;
 pub mod explain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod http;
 pub mod logging;
@@ -24,6 +26,7 @@ pub mod server;
 pub mod signal;
 pub mod sinks;
 pub mod sources;
+pub mod web_config;
 
 /// pullwatch's version (Cargo package version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -75,6 +75,11 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+/// Percent-encodes `message` for `grpc-message` (always a valid header value).
+pub fn encode_message(message: &str) -> String {
+    utf8_percent_encode(message, GRPC_MESSAGE_ENCODE).to_string()
+}
+
 /// A "trailers-only" gRPC error response, as a server sends when it fails before any message.
 pub fn trailers_only<B: Default>(code: Code, message: &str) -> Response<B> {
     let mut resp = Response::new(B::default());
@@ -82,8 +87,7 @@ pub fn trailers_only<B: Default>(code: Code, message: &str) -> Response<B> {
     let h = resp.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/grpc"));
     h.insert("grpc-status", HeaderValue::from(code as i32));
-    let encoded = utf8_percent_encode(message, GRPC_MESSAGE_ENCODE).to_string();
-    if let Ok(v) = HeaderValue::from_str(&encoded) {
+    if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
         h.insert("grpc-message", v);
     }
     resp

@@ -122,7 +122,16 @@ impl Agent {
             log_path,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !matches!(http_get(addr, "/readyz"), Ok((200, _))) {
+        // Behind TLS the plain-HTTP probe cannot work: wait for the log line instead.
+        let tls = extra.contains(&"--web.config.file");
+        let ready = |a: &Agent| {
+            if tls {
+                a.logs().contains("serving /metrics")
+            } else {
+                matches!(http_get(addr, "/readyz"), Ok((200, _)))
+            }
+        };
+        while !ready(&agent) {
             assert!(
                 Instant::now() < deadline,
                 "pullwatch not ready: {}",

@@ -56,11 +56,19 @@ fn spawn_ready(dir: &Path, bin: &str, args: Vec<String>) -> Server {
 /// Starts Prometheus scraping `target` every second; `extra` is appended to the config
 /// (rule_files, alerting).
 pub fn start_prometheus(dir: &Path, target: SocketAddr, extra: &str) -> Server {
+    let job =
+        format!("  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n");
+    start_prometheus_with_jobs(dir, &job, extra)
+}
+
+/// Starts Prometheus with the given `scrape_configs` entries (YAML list items, indented by two),
+/// scraping every second; `extra` is appended to the config.
+pub fn start_prometheus_with_jobs(dir: &Path, jobs: &str, extra: &str) -> Server {
     let cfg = dir.join("prometheus.yml");
     std::fs::write(
         &cfg,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n{extra}"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}{extra}"
         ),
     )
     .unwrap();

@@ -2,16 +2,14 @@
 //! PullImage the decoded request (image, pod) and response (image ref), turned into a
 //! [`PullAttempt`] when the call ends, however it ends.
 
-use crate::core::attempt::{Outcome, PodRef, PullAttempt, Source};
+use crate::core::attempt::{Outcome, PullAttempt, Source};
 use crate::core::reason::Reason;
-use crate::core::reference::ImageRef;
-use crate::cri::{ObservedPullImageRequest, PullImageResponse};
 use crate::grpc::status::{self, GrpcStatus, code_name};
-use crate::grpc::{frame, timeout};
+use crate::grpc::timeout;
 use crate::recorder::{InFlight, Recorder};
+use crate::sources::cri_proxy::decode::{self, ObservedPull};
 use crate::sources::cri_proxy::methods;
 use http::{HeaderMap, StatusCode};
-use prost::Message;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;
@@ -21,15 +19,6 @@ use tonic::Code;
 const MAX_REQUEST_CAPTURE: usize = 4 << 20;
 /// Largest PullImage response buffered (it holds one string).
 const MAX_RESPONSE_CAPTURE: usize = 64 << 10;
-
-/// What the interposer read from a PullImage request. No credentials: see
-/// `ObservedPullImageRequest`.
-#[derive(Debug, Clone)]
-struct ObservedPull {
-    image: String,
-    reference: Option<ImageRef>,
-    pod: Option<PodRef>,
-}
 
 /// Bytes of a PullImage request collected as they stream to the runtime.
 pub(crate) struct PullCapture {
@@ -78,13 +67,11 @@ impl PullCapture {
         let decoded = if self.overflow {
             None
         } else {
-            frame::first_message(&self.buf)
-                .ok()
-                .and_then(|m| ObservedPullImageRequest::decode(m).ok())
+            decode::pull_request(&self.buf)
         };
         self.wipe();
         let observed = match decoded {
-            Some(req) => Some(observe(req)),
+            Some(o) => Some(o),
             None => {
                 self.recorder
                     .metrics()
@@ -103,24 +90,6 @@ impl PullCapture {
             });
         self.in_flight = Some(self.recorder.pull_started(registry));
         self.observed = Some(observed);
-    }
-}
-
-fn observe(req: ObservedPullImageRequest) -> ObservedPull {
-    let image = req.image.map(|i| i.image).unwrap_or_default();
-    let pod = req
-        .sandbox_config
-        .and_then(|c| c.metadata)
-        .filter(|m| !(m.name.is_empty() && m.namespace.is_empty() && m.uid.is_empty()))
-        .map(|m| PodRef {
-            namespace: m.namespace,
-            name: m.name,
-            uid: m.uid,
-        });
-    ObservedPull {
-        reference: ImageRef::parse(&image).ok(),
-        image,
-        pod,
     }
 }
 
@@ -305,11 +274,8 @@ impl Call {
     }
 
     fn decode_image_ref(&self) -> String {
-        match frame::first_message(&self.response)
-            .ok()
-            .and_then(|m| PullImageResponse::decode(m).ok())
-        {
-            Some(r) => r.image_ref,
+        match decode::pull_response(&self.response) {
+            Some(r) => r,
             None => {
                 self.recorder
                     .metrics()

@@ -5,6 +5,7 @@
 
 mod body;
 mod call;
+pub mod decode;
 pub mod methods;
 pub mod socket;
 pub mod upstream;

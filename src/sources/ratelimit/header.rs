@@ -24,6 +24,9 @@ pub fn parse(value: &str) -> Result<Quota, QuotaError> {
     let first = value.split(',').next().unwrap_or("").trim();
     let mut parts = first.split(';');
     let value_part = parts.next().unwrap_or("").trim();
+    if value_part.is_empty() || !value_part.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     let n: u64 = value_part.parse().map_err(|_| bad())?;
     let mut window = None;
     for p in parts {
@@ -65,7 +68,16 @@ mod tests {
             })
         );
         assert_eq!(parse("10;w=60, 100;w=3600").map(|q| q.value), Ok(10));
-        for bad in ["", "lots", ";w=1", "10;w=soon", "-1", "1.5;w=2"] {
+        for bad in [
+            "",
+            "lots",
+            ";w=1",
+            "10;w=soon",
+            "-1",
+            "+1",
+            "1.5;w=2",
+            "99999999999999999999999",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
     }

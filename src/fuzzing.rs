@@ -1,0 +1,116 @@
+//! Fuzz target bodies: every parser that reads bytes from the wire, a runtime, kubelet or a
+//! registry, with the invariants each must keep. `fuzz/` (cargo-fuzz, libFuzzer) calls them with
+//! generated inputs; `tests/fuzz_corpus.rs` replays the saved corpus on stable Rust in CI. A panic
+//! is a bug: pullwatch must survive any input (and the interposer forwards undecodable calls
+//! unchanged).
+
+use crate::core::classifier;
+use crate::core::reason::Reason;
+use crate::core::reference::{ImageRef, ReferenceError};
+use crate::grpc::{frame, status};
+use crate::sources::cri_proxy::decode;
+use crate::sources::kube::messages;
+use crate::sources::ratelimit::{credentials::CredentialStore, header, parse_challenge};
+use tonic::Code;
+
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
+/// The fuzz targets by name (the directory names under `fuzz/corpus/`).
+pub const TARGETS: &[(&str, Target)] = &[
+    ("pull_request", pull_request),
+    ("pull_response", pull_response),
+    ("grpc_message", grpc_message),
+    ("reference", reference),
+    ("classifier", classifier),
+    ("kubelet_message", kubelet_message),
+    ("registry_headers", registry_headers),
+];
+
+/// A framed PullImage request: decodes or is refused, never panics; what it decodes is
+/// consistent (the reference is the image's).
+pub fn pull_request(data: &[u8]) {
+    if let Some(o) = decode::pull_request(data) {
+        assert_eq!(o.reference, ImageRef::parse(&o.image).ok());
+    }
+    // Whatever a frame declares, reading it stays within the bytes given.
+    if let Ok(m) = frame::first_message(data) {
+        assert!(m.len() + frame::HEADER_LEN <= data.len());
+    }
+}
+
+/// A framed PullImage response.
+pub fn pull_response(data: &[u8]) {
+    let _ = decode::pull_response(data);
+}
+
+/// A `grpc-message` value: decodes to some text; text survives encode → decode unchanged.
+pub fn grpc_message(data: &[u8]) {
+    let decoded = status::decode_message(data);
+    let reencoded = status::encode_message(&decoded);
+    assert_eq!(status::decode_message(reencoded.as_bytes()), decoded);
+}
+
+/// An image reference: parsing never panics, and normalization is stable (the normalized form
+/// parses to itself).
+pub fn reference(data: &[u8]) {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(r) = ImageRef::parse(s) {
+        let normal = r.to_string();
+        let again = match ImageRef::parse(&normal) {
+            Ok(again) => again,
+            // Normalizing adds `docker.io/library/` and `:latest`: a reference near the length
+            // limit may outgrow it (found by the fuzzer); anything else is a bug.
+            Err(ReferenceError::TooLong(_)) => return,
+            Err(e) => panic!("{normal:?}: {e}"),
+        };
+        assert_eq!(again.to_string(), normal);
+        assert_eq!(
+            (again.registry, again.repository),
+            (r.registry, r.repository)
+        );
+    }
+}
+
+/// An error message with a gRPC code (first byte): always one of the known reasons, the same
+/// every time.
+pub fn classifier(data: &[u8]) {
+    let (code, msg) = match data.split_first() {
+        Some((c, rest)) => (Code::from_i32(i32::from(*c % 17)), rest),
+        None => (Code::Unknown, data),
+    };
+    let msg = String::from_utf8_lossy(msg);
+    let r = classifier::classify(code, &msg);
+    assert!(Reason::ALL.contains(&r));
+    assert_eq!(r, classifier::classify(code, &msg));
+}
+
+/// A kubelet event or status message.
+pub fn kubelet_message(data: &[u8]) {
+    let s = String::from_utf8_lossy(data);
+    if let Some(messages::PullMessage::Pulled {
+        duration: Some(d), ..
+    }) = messages::parse(&s)
+    {
+        assert!(d.as_secs_f64().is_finite());
+    }
+    let _ = messages::split_rpc_error(&s);
+    let _ = messages::parse_go_duration(&s);
+}
+
+/// What a registry sends the rate-limit probe: quota headers, auth challenges, and a pull
+/// secret file's JSON.
+pub fn registry_headers(data: &[u8]) {
+    let s = String::from_utf8_lossy(data);
+    if let Ok(q) = header::parse(&s) {
+        // The number parsed is the one at the front of the first policy.
+        assert!(
+            s.trim_start().starts_with(|c: char| c.is_ascii_digit()),
+            "{q:?}"
+        );
+    }
+    let _ = parse_challenge(&s);
+    let _ = CredentialStore::parse(&s);
+}
