@@ -445,6 +445,27 @@ async fn survives_gone_watches_cuts_bookmarks_and_api_restarts() {
         api.requests().len() >= before + 4,
         "the throttled requests were retried"
     );
+
+    // A short outage without compaction: the watches resume where they were (no relist), and
+    // the first change they deliver shows them up again.
+    api.set_down(true);
+    agent.scrape_until("the watches marked down again", |m| {
+        sum(m, "pullwatch_kube_watch_up", &[]) == 0.0
+    });
+    api.set_down(false);
+    api.apply(Kind::Events, fail(6));
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web-2", NODE, "nginx:1", 0, Some(running())),
+    );
+    agent.scrape_until_within(Duration::from_secs(40), "both watches back up", |m| {
+        sum(m, "pullwatch_kube_watch_up", &[]) == 2.0
+            && sum(
+                m,
+                "pullwatch_image_pull_failures_total",
+                &[("reason", "not_found")],
+            ) == 6.0
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

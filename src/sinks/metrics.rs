@@ -231,7 +231,7 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_kube_watch_up",
         Gauge,
         ["resource"],
-        "1 while the Kubernetes API watch of the resource (pods|events) is listed and current, 0 after it failed until it recovers."
+        "1 while the Kubernetes API watch of the resource (pods|events) works, 0 after it failed until it recovers."
     ),
     family!(
         "pullwatch_kube_deduplicated_total",

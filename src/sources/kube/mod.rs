@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -94,7 +94,14 @@ pub struct KubeSource {
     /// watch was down).
     relisted: Option<HashSet<String>>,
     known_pods: HashSet<String>,
+    /// When each watch (`pods`, `events`) last failed, while it counts as down.
+    failed_at: BTreeMap<&'static str, Instant>,
 }
+
+/// A failed watch counts as recovered after this long without a new error: the watcher retries
+/// with backoff capped at 30 s, so a watch still failing reports again within it, while a watch
+/// that resumed quietly (no relist, no event yet) yields nothing to show that it is back.
+pub const RECOVERED_AFTER: Duration = Duration::from_secs(40);
 
 impl KubeSource {
     /// A source for `config` using `client`, recording into `recorder`.
@@ -107,6 +114,7 @@ impl KubeSource {
             tracker,
             relisted: None,
             known_pods: HashSet::new(),
+            failed_at: BTreeMap::new(),
         }
     }
 
@@ -134,7 +142,19 @@ impl KubeSource {
         loop {
             let actions = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => return,
-                _ = tick.tick() => self.tracker.tick(Instant::now(), SystemTime::now()),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let quiet: Vec<&'static str> = self
+                        .failed_at
+                        .iter()
+                        .filter(|(_, t)| now.saturating_duration_since(**t) >= RECOVERED_AFTER)
+                        .map(|(r, _)| *r)
+                        .collect();
+                    for r in quiet {
+                        self.watch_health(r, Ok(()));
+                    }
+                    self.tracker.tick(now, SystemTime::now())
+                }
                 Some(e) = pods.next() => self.on_pod_watch(e),
                 Some(e) = events.next() => self.on_event_watch(e),
             };
@@ -142,11 +162,17 @@ impl KubeSource {
         }
     }
 
-    fn watch_health(&self, resource: &str, result: Result<(), &watcher::Error>) {
+    /// Marks the watch of `resource` up (it listed, delivered an object, or stayed quiet for
+    /// [`RECOVERED_AFTER`] after a failure) or down (it failed).
+    fn watch_health(&mut self, resource: &'static str, result: Result<(), &watcher::Error>) {
         let m = self.recorder.metrics();
         match result {
-            Ok(()) => m.kube_watch_up.with_label_values(&[resource]).set(1),
+            Ok(()) => {
+                self.failed_at.remove(resource);
+                m.kube_watch_up.with_label_values(&[resource]).set(1);
+            }
             Err(e) => {
+                self.failed_at.insert(resource, Instant::now());
                 m.kube_watch_up.with_label_values(&[resource]).set(0);
                 m.source_errors.with_label_values(&[SOURCE]).inc();
                 tracing::warn!(source = SOURCE, resource, error = %e, "Kubernetes API watch failed; retrying");
@@ -163,6 +189,12 @@ impl KubeSource {
             }
         };
         let now = Instant::now();
+        // A live change after a failure: the watch is back.
+        if matches!(e, WatchEvent::Apply(_) | WatchEvent::Delete(_))
+            && self.failed_at.contains_key("pods")
+        {
+            self.watch_health("pods", Ok(()));
+        }
         match e {
             WatchEvent::Init => {
                 self.relisted = Some(HashSet::new());
@@ -206,6 +238,11 @@ impl KubeSource {
                 return Vec::new();
             }
         };
+        if matches!(e, WatchEvent::Apply(_) | WatchEvent::Delete(_))
+            && self.failed_at.contains_key("events")
+        {
+            self.watch_health("events", Ok(()));
+        }
         match e {
             WatchEvent::Init => Vec::new(),
             WatchEvent::InitDone => {
