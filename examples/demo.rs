@@ -33,7 +33,11 @@ async fn main() {
         &TestImage::build("demo-slow", 96 * 1024, "amd64"),
     );
     let containerd = sb.containerd_sock.to_str().expect("utf-8 path").to_string();
-    // Interposer for attempts and causes, containerd source for bytes and progress.
+    // The fault registry plays Docker Hub's rate-limit preview endpoint for the quota probe.
+    let probe = format!("http://{}/quota/probe", sb.fault.host());
+    sb.fault.set_quota_remaining(7);
+    // Interposer for attempts and causes, containerd source for bytes and progress, the probe
+    // for pull quota left.
     let agent = Agent::start(
         &sb,
         &[
@@ -41,6 +45,10 @@ async fn main() {
             "10m",
             "--containerd-socket",
             &containerd,
+            "--ratelimit-probe",
+            &probe,
+            "--ratelimit-probe-interval",
+            "2s",
         ],
     );
     println!("pullwatch is interposing on {}", agent.proxy_sock.display());
@@ -117,6 +125,8 @@ async fn main() {
             "pullwatch_image_pull_failures_total",
             "pullwatch_image_pull_backoff{",
             "pullwatch_runtime_up",
+            "pullwatch_registry_ratelimit_limit",
+            "pullwatch_registry_ratelimit_remaining",
         ];
         if keep.iter().any(|k| line.starts_with(k)) {
             println!("{line}");
