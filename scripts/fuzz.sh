@@ -21,7 +21,14 @@ for t in $targets; do
     # libFuzzer writes new inputs to the first corpus directory it is given.
     if [ "${FUZZ_KEEP:-0}" = 1 ]; then dirs=("fuzz/corpus/$t"); else
         mkdir -p "$scratch/$t"; dirs=("$scratch/$t" "fuzz/corpus/$t"); fi
-    # -timeout: one input taking over 10 s is a hang, and a finding.
-    cargo fuzz run -O --fuzz-dir fuzz "$t" "${dirs[@]}" -- -max_total_time="$seconds" -timeout=10
+    # -timeout: one input taking over 10 s is a hang, and a finding. libFuzzer's progress lines
+    # go to a log; on a crash its end (input, stack) is printed.
+    log="$scratch/$t.log"
+    if ! cargo fuzz run -O --fuzz-dir fuzz "$t" "${dirs[@]}" -- -max_total_time="$seconds" -timeout=10 >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "fuzz: $t FAILED; the input is in fuzz/artifacts/$t/" >&2
+        exit 1
+    fi
+    grep -E '^Done [0-9]+ runs' "$log" || true
 done
 echo "fuzz: every target ran ${seconds}s without a crash"
