@@ -25,15 +25,48 @@ fn run(cmd: &str, args: &[&str], dir: &Path) {
     );
 }
 
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
+/// `NAME.key` and `NAME.crt` for `subject`, signed by the test CA, with one X.509 extension line.
+fn signed(dir: &Path, name: &str, subject: &str, extension: &str) {
+    let (key, csr, crt, ext) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+        format!("{name}.ext"),
+    );
+    let mut req = vec!["req", "-subj", subject, "-keyout", &key, "-out", &csr];
+    req.extend(EC_KEY);
+    run("openssl", &req, dir);
+    std::fs::write(dir.join(&ext), format!("{extension}\n")).unwrap();
+    let sign = [
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &crt,
+    ];
+    run("openssl", &sign, dir);
+}
+
 /// A CA and a server certificate for 127.0.0.1, made with openssl.
 fn certs(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
     let mut ca = vec![
         "req",
         "-x509",
@@ -46,40 +79,13 @@ fn certs(dir: &Path) {
         "-out",
         "ca.crt",
     ];
-    ca.extend(ec);
+    ca.extend(EC_KEY);
     run("openssl", &ca, dir);
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=127.0.0.1",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ];
-    csr.extend(ec);
-    run("openssl", &csr, dir);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.crt",
-        ],
+    signed(
         dir,
+        "server",
+        "/CN=127.0.0.1",
+        "subjectAltName=IP:127.0.0.1",
     );
 }
 
@@ -242,46 +248,7 @@ fn client_certificates_when_required() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     certs(d);
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut csr = vec![
-        "req",
-        "-subj",
-        "/CN=prometheus",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-    ];
-    csr.extend(ec);
-    run("openssl", &csr, d);
-    std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    run(
-        "openssl",
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "client.ext",
-            "-out",
-            "client.crt",
-        ],
-        d,
-    );
+    signed(d, "client", "/CN=prometheus", "extendedKeyUsage=clientAuth");
     std::fs::write(
         d.join("web.yml"),
         "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  min_version: TLS13\n",

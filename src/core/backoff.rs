@@ -20,9 +20,14 @@ struct Key {
     image: String,
 }
 
-/// The key form of an image: every source names the same image the same way.
-fn image_key(image: &str) -> String {
-    ImageRef::parse(image).map_or_else(|_| image.to_string(), |r| r.to_string())
+impl Key {
+    fn new(pod: &PodRef, image: &str) -> Self {
+        Key {
+            pod: pod.clone(),
+            // Every source names the same image the same way.
+            image: ImageRef::parse(image).map_or_else(|_| image.to_string(), |r| r.to_string()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -56,12 +61,12 @@ impl BackoffTracker {
     /// nobody retries them.
     pub fn observe(&mut self, attempt: &PullAttempt, registry: &str, now: Instant) {
         let Some(pod) = &attempt.pod else { return };
-        let key = Key {
-            pod: pod.clone(),
-            image: attempt
-                .reference
-                .as_ref()
-                .map_or_else(|| image_key(&attempt.image), ToString::to_string),
+        let key = match &attempt.reference {
+            Some(r) => Key {
+                pod: pod.clone(),
+                image: r.to_string(),
+            },
+            None => Key::new(pod, &attempt.image),
         };
         match attempt.outcome.reason() {
             // A cancel is kubelet giving up on this attempt, not the image failing: keep state.
@@ -70,16 +75,7 @@ impl BackoffTracker {
                     e.last_attempt = now;
                 }
             }
-            Some(reason) => {
-                self.entries.insert(
-                    key,
-                    Entry {
-                        registry: registry.to_string(),
-                        reason,
-                        last_attempt: now,
-                    },
-                );
-            }
+            Some(reason) => self.enter(key, registry, reason, now),
             None => {
                 self.entries.remove(&key);
             }
@@ -96,30 +92,28 @@ impl BackoffTracker {
         failure: Option<(&str, Reason)>,
         now: Instant,
     ) {
-        let key = Key {
-            pod: pod.clone(),
-            image: image_key(image),
-        };
+        let key = Key::new(pod, image);
         if let Some(e) = self.entries.get_mut(&key) {
             e.last_attempt = now;
         } else if let Some((registry, reason)) = failure {
-            self.entries.insert(
-                key,
-                Entry {
-                    registry: registry.to_string(),
-                    reason,
-                    last_attempt: now,
-                },
-            );
+            self.enter(key, registry, reason, now);
         }
+    }
+
+    fn enter(&mut self, key: Key, registry: &str, reason: Reason, now: Instant) {
+        self.entries.insert(
+            key,
+            Entry {
+                registry: registry.to_string(),
+                reason,
+                last_attempt: now,
+            },
+        );
     }
 
     /// `image` is no longer failing for `pod` (its container runs, or waits for something else).
     pub fn clear(&mut self, pod: &PodRef, image: &str) {
-        self.entries.remove(&Key {
-            pod: pod.clone(),
-            image: image_key(image),
-        });
+        self.entries.remove(&Key::new(pod, image));
     }
 
     /// The pod with `uid` is gone: forget all its pairs.

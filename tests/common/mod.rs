@@ -15,6 +15,29 @@ use pullwatch::pull::{PullReport, PullRequest, pull};
 use std::path::Path;
 use std::time::Duration;
 
+/// Serves HTTP/1 on `listener` in the current tokio runtime, one task per connection, each
+/// request answered by `handle` (an `Err` closes the connection unanswered).
+pub fn serve_http1<H, F, B>(listener: tokio::net::TcpListener, handle: H)
+where
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<http::Response<B>, std::io::Error>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(&handle);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
 /// Pulls `image` through the CRI socket at `sock` as pod `ns/pod`.
 pub async fn pull_as(
     sock: &Path,
