@@ -301,6 +301,7 @@ pub fn event_obs(ev: &Event, node: &str) -> Option<EventObs> {
         .source
         .as_ref()
         .and_then(|s| s.host.as_deref())
+        .filter(|h| !h.is_empty())
         .or(ev.reporting_instance.as_deref());
     if host != Some(node) || ev.involved_object.kind.as_deref() != Some("Pod") {
         return None;
@@ -443,7 +444,7 @@ mod tests {
         );
         assert!(event_obs(&event(j.clone()), "node-b").is_none());
         // events.k8s.io-style (series, reportingInstance, no source.host).
-        j["source"] = serde_json::json!({"component": "kubelet"});
+        j["source"] = serde_json::json!({"component": "kubelet", "host": ""});
         j["reportingInstance"] = "node-b".into();
         j["series"] =
             serde_json::json!({"count": 9, "lastObservedTime": "2026-11-25T10:09:00.000000Z"});

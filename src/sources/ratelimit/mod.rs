@@ -357,7 +357,7 @@ impl RateLimitProbe {
                         tracing::warn!(source = SOURCE, registry = %target.registry, error = %e, "rate-limit probe failed");
                     }
                     _ => {
-                        tracing::info!(source = SOURCE, registry = %target.registry, "registry reports no rate limit")
+                        tracing::debug!(source = SOURCE, registry = %target.registry, "registry reports no rate limit")
                     }
                 }
             }
