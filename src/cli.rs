@@ -17,7 +17,8 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the agent: the CRI interposer and the /metrics endpoint.
+    /// Run the agent: its sources (CRI interposer, containerd, Kubernetes API, rate-limit probe)
+    /// and the /metrics endpoint.
     Run(RunArgs),
     /// Classify a pull error message (as shown by `kubectl describe pod`) and print a fix hint.
     Explain(ExplainArgs),
