@@ -1,7 +1,7 @@
 //! The pipeline every source feeds: applies the cardinality guards, then updates metrics, the
 //! backoff tracker and the event log for each [`PullAttempt`].
 
-use crate::core::attempt::{PodRef, PullAttempt};
+use crate::core::attempt::{Outcome, PodRef, PullAttempt};
 use crate::core::backoff::BackoffTracker;
 use crate::core::cardinality::{Admission, LabelGuard};
 use crate::core::reason::Reason;
@@ -125,7 +125,7 @@ impl Recorder {
                 .as_ref()
                 .map_or_else(|| attempt.image.clone(), ToString::to_string);
             let image = self.admit(guard, &image);
-            by_image.with_label_values(&[image, result]).inc();
+            by_image.inc(image, matches!(attempt.outcome, Outcome::Success { .. }));
         }
         if let Some(pod) = &attempt.pod {
             // Admit the namespace now so the backoff gauge never exceeds the cap.

@@ -189,6 +189,7 @@ async fn a_flood_of_registries_and_namespaces_stays_under_the_caps() {
     // Nothing dropped: every attempt is counted somewhere, and every overflow is counted.
     assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 30.0);
     assert_eq!(sum(&m, "pullwatch_image_pull_backoff", &[]), 30.0);
+    assert_eq!(sum(&m, "pullwatch_image_pulls_by_image_total", &[]), 30.0);
     assert_eq!(
         sum(
             &m,

@@ -32,8 +32,10 @@ async fn prometheus_scrapes_failures_by_reason() {
     let sb = Sandbox::start().await;
     let img = TestImage::build("prom", 2048, "amd64");
     let good = sb.push(&img, "team/app", "1");
+    let good_label = good.clone();
     sb.fault.add("team/app", "1", &img);
-    let agent = Agent::start(&sb, &[]);
+    // --image-label: the by-image family has its own encoder; Prometheus and promtool check it.
+    let agent = Agent::start(&sb, &["--image-label"]);
     let prom = start_prometheus(sb.dir.path(), agent.addr, "");
     let f = sb.fault.host();
     let s = &agent.proxy_sock;
@@ -84,6 +86,29 @@ async fn prometheus_scrapes_failures_by_reason() {
         "",
     );
     assert_eq!(ok.get(""), Some(&1.0));
+    let by_image = by_label(
+        prom.addr,
+        "sum by (result) (pullwatch_image_pulls_by_image_total)",
+        "result",
+    );
+    assert_eq!(by_image.get("success"), Some(&1.0), "{by_image:?}");
+    assert_eq!(by_image.get("failure"), Some(&4.0), "{by_image:?}");
+    let rate_limited = by_label(
+        prom.addr,
+        "pullwatch_image_pulls_by_image_total{result=\"failure\"}",
+        "image",
+    );
+    assert_eq!(
+        rate_limited.get(&format!("{f}/ratelimitedhead/team/app:1")),
+        Some(&2.0),
+        "{rate_limited:?}"
+    );
+    let good = by_label(
+        prom.addr,
+        "pullwatch_image_pulls_by_image_total{result=\"success\"}",
+        "image",
+    );
+    assert_eq!(good.keys().collect::<Vec<_>>(), [&good_label], "{good:?}");
 
     // promtool agrees the exposition is valid and follows the naming conventions.
     require("promtool");

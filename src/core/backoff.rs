@@ -126,13 +126,17 @@ impl BackoffTracker {
         let expiry = self.expiry;
         self.entries
             .retain(|_, e| now.saturating_duration_since(e.last_attempt) < expiry);
-        let mut groups = BTreeMap::new();
+        // Count under borrowed keys (no allocation per pair), then own one key per group.
+        let mut groups: BTreeMap<(&str, &str, Reason), u64> = BTreeMap::new();
         for (k, e) in &self.entries {
             *groups
-                .entry((k.pod.namespace.clone(), e.registry.clone(), e.reason))
+                .entry((&k.pod.namespace, &e.registry, e.reason))
                 .or_insert(0) += 1;
         }
         groups
+            .into_iter()
+            .map(|((ns, registry, reason), n)| ((ns.to_string(), registry.to_string(), reason), n))
+            .collect()
     }
 
     /// Number of tracked pairs (including ones not yet expired by a snapshot).

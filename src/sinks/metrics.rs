@@ -1,10 +1,12 @@
 //! Every Prometheus metric family pullwatch exports, defined in one table ([`FAMILIES`]) that the
 //! README, alert rules and dashboards are checked against, and the typed handles to update them.
 
+use super::image_counts::{self, ImagePullCounts};
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
+use std::sync::Arc;
 
 /// Kind of a metric family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -301,8 +303,9 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// `pullwatch_image_pull_backoff`
     pub backoff: IntGaugeVec,
-    /// `pullwatch_image_pulls_by_image_total`, registered only when the image label is on.
-    pub by_image: Option<IntCounterVec>,
+    /// `pullwatch_image_pulls_by_image_total`, only when the image label is on; kept outside the
+    /// registry (see [`ImagePullCounts`]).
+    pub by_image: Option<Arc<ImagePullCounts>>,
     /// `pullwatch_cri_requests_total`
     pub cri_requests: IntCounterVec,
     /// `pullwatch_cri_request_duration_seconds`
@@ -365,11 +368,7 @@ impl Metrics {
             )?,
             in_flight: gauge(&registry, "pullwatch_image_pulls_in_flight")?,
             backoff: gauge(&registry, "pullwatch_image_pull_backoff")?,
-            by_image: if image_label {
-                Some(counter(&registry, "pullwatch_image_pulls_by_image_total")?)
-            } else {
-                None
-            },
+            by_image: image_label.then(Arc::default),
             cri_requests: counter(&registry, "pullwatch_cri_requests_total")?,
             cri_duration: histogram(
                 &registry,
@@ -412,7 +411,7 @@ impl Metrics {
         Ok(m)
     }
 
-    /// Renders the registry in the Prometheus text format (0.0.4).
+    /// Renders the registry, then the image family, in the Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on families with inconsistent label sets, which the
@@ -420,7 +419,12 @@ impl Metrics {
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!(error = %e, "rendering metrics failed");
         }
-        String::from_utf8(buf).unwrap_or_default()
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        if let Some(by_image) = &self.by_image {
+            let help = family(image_counts::NAME).map_or("", |f| f.help);
+            by_image.encode(help, &mut text);
+        }
+        text
     }
 }
 
@@ -453,6 +457,16 @@ mod tests {
         )));
         assert!(text.contains("process_resident_memory_bytes"));
         assert!(!text.contains("pullwatch_image_pulls_by_image_total"));
-        assert!(Metrics::new(true).unwrap().by_image.is_some());
+        let m = Metrics::new(true).unwrap();
+        m.by_image.as_ref().unwrap().inc("a.io/x:1", false);
+        let text = m.render();
+        let help = format!(
+            "# HELP pullwatch_image_pulls_by_image_total {}\n",
+            family(image_counts::NAME).unwrap().help
+        );
+        assert!(text.contains(&help), "{text}");
+        assert!(text.ends_with(
+            "pullwatch_image_pulls_by_image_total{image=\"a.io/x:1\",result=\"failure\"} 1\n"
+        ));
     }
 }
