@@ -2,6 +2,11 @@
 //! against real containerd in the sandbox harness. Prints ratios; run with
 //! `sudo cargo bench --bench proxy` (needs the same packages and root as the e2e tests).
 //! Sizes can be reduced for a quick look: `PULLWATCH_BENCH_SCALE=0.1 cargo bench --bench proxy`.
+//!
+//! Latency is measured on three paths, interleaved call by call: direct to containerd, through a
+//! byte-for-byte relay process (this binary re-executed as `relay LISTEN UPSTREAM`: one extra
+//! unix-socket hop and no HTTP/2 processing, the floor any interposer process pays), and through
+//! pullwatch.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -73,8 +78,70 @@ async fn unary(c: &mut CriClient, which: usize, image: &str) {
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = if args.get(1).is_some_and(|a| a == "relay") {
+        // The relay, like pullwatch's interposer, runs on one thread with its own runtime.
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    }
+    .enable_all()
+    .build()
+    .unwrap();
+    match args.get(1..4) {
+        Some([mode, listen, upstream]) if mode == "relay" => rt.block_on(relay(listen, upstream)),
+        _ => rt.block_on(bench()),
+    }
+}
+
+/// Forwards every connection on `listen` to `upstream` byte for byte, until killed.
+async fn relay(listen: &str, upstream: &str) {
+    let listener = tokio::net::UnixListener::bind(listen).unwrap();
+    loop {
+        let (mut down, _) = listener.accept().await.unwrap();
+        let upstream = upstream.to_string();
+        tokio::spawn(async move {
+            let mut up = tokio::net::UnixStream::connect(&upstream).await.unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        });
+    }
+}
+
+/// The relay process; killed when dropped.
+struct Relay {
+    child: std::process::Child,
+    sock: std::path::PathBuf,
+}
+
+impl Relay {
+    fn start(dir: &std::path::Path, upstream: &std::path::Path) -> Self {
+        let sock = dir.join("relay.sock");
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .arg("relay")
+            .arg(&sock)
+            .arg(upstream)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "relay did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, sock }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn bench() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it.
     if !std::env::args().any(|a| a == "--bench") {
         println!("benches/proxy.rs measures; run it with `cargo bench --bench proxy`");
@@ -96,45 +163,71 @@ async fn against_containerd() {
     common::pull_as(&sb.containerd_sock, &image, None, t).await;
     let mut direct = CriClient::connect(&sb.containerd_sock, t).await.unwrap();
     let mut proxied = CriClient::connect(&agent.proxy_sock, t).await.unwrap();
+    let relay = Relay::start(sb.dir.path(), &sb.containerd_sock);
+    let mut relayed = CriClient::connect(&relay.sock, t).await.unwrap();
     let pid = agent.pid();
     let (_, rss_idle) = proc_stats(pid);
     println!("machine: {} cores, {}", num_cores(), kernel());
     println!("agent RSS idle: {:.1} MiB", rss_idle as f64 / 1024.0);
 
-    // 1. Unary latency, same client code, interleaved direct/proxied.
+    // 1. Unary latency, same client code, interleaved direct / byte relay / pullwatch.
     println!(
-        "\n## unary latency, interleaved (n per side per method: {})",
+        "\n## unary latency, interleaved (n per path per method: {})",
         scale(3000)
     );
     for (which, name) in [(0, "Version"), (1, "ListImages"), (2, "ImageStatus")] {
         let n = scale(3000);
-        let (mut d, mut p) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut d, mut r, mut p) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
         for _ in 0..200 {
             unary(&mut direct, which, &image).await;
+            unary(&mut relayed, which, &image).await;
             unary(&mut proxied, which, &image).await;
         }
         for _ in 0..n {
-            let s = Instant::now();
-            unary(&mut direct, which, &image).await;
-            d.push(s.elapsed());
-            let s = Instant::now();
-            unary(&mut proxied, which, &image).await;
-            p.push(s.elapsed());
+            for (client, samples) in [
+                (&mut direct, &mut d),
+                (&mut relayed, &mut r),
+                (&mut proxied, &mut p),
+            ] {
+                let s = Instant::now();
+                unary(client, which, &image).await;
+                samples.push(s.elapsed());
+            }
         }
-        d.sort();
-        p.sort();
-        let (d50, d99, p50, p99) = (pct(&d, 0.5), pct(&d, 0.99), pct(&p, 0.5), pct(&p, 0.99));
+        for v in [&mut d, &mut r, &mut p] {
+            v.sort();
+        }
+        let (d50, d99) = (pct(&d, 0.5), pct(&d, 0.99));
+        let (r50, r99) = (pct(&r, 0.5), pct(&r, 0.99));
+        let (p50, p99) = (pct(&p, 0.5), pct(&p, 0.99));
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         println!(
-            "{name:<12} direct p50 {:>7.1}us p99 {:>7.1}us | proxied p50 {:>7.1}us p99 {:>7.1}us | ratio p50 {:.3} p99 {:.3} | added p50 {:.1}us",
+            "{name:<12} p50/p99 direct {:.1}/{:.1}us | relay {:.1}/{:.1}us | pullwatch {:.1}/{:.1}us",
             us(d50),
             us(d99),
+            us(r50),
+            us(r99),
             us(p50),
             us(p99),
-            p50.as_secs_f64() / d50.as_secs_f64(),
-            p99.as_secs_f64() / d99.as_secs_f64(),
-            us(p50) - us(d50)
+        );
+        println!(
+            "{:<12} ratio to direct p50/p99: relay {:.3}/{:.3}, pullwatch {:.3}/{:.3} | added p50: relay {:.1}us, pullwatch {:.1}us ({:.1}us beyond the relay)",
+            "",
+            ratio(r50, d50),
+            ratio(r99, d99),
+            ratio(p50, d50),
+            ratio(p99, d99),
+            us(r50) - us(d50),
+            us(p50) - us(d50),
+            us(p50) - us(r50),
         );
     }
+    drop(relayed);
+    drop(relay);
 
     // 2. Throughput with concurrent clients, and the agent's CPU per 1000 calls.
     let secs = 3.0 * scale(100) as f64 / 100.0;
@@ -277,6 +370,41 @@ fn in_process() {
     println!(
         "\n## /metrics render: {series} series in {total:.2} ms \
          (backoff refresh over 10 000 pods {refresh:.2} ms, gather + encode {encode:.2} ms)"
+    );
+    // Side by side: the same image series as a prometheus IntCounterVec (how they were kept
+    // before src/sinks/image_counts.rs), through the crate's gather() and text encoder.
+    let reg = prometheus::Registry::new();
+    let vec = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("pullwatch_image_pulls_by_image_total", "by image"),
+        &["image", "result"],
+    )
+    .unwrap();
+    reg.register(Box::new(vec.clone())).unwrap();
+    for i in 0..10_000 {
+        let image = format!("reg{}.example.com/team/app-{i}:1", i % 50);
+        vec.with_label_values(&[image.as_str(), "failure"]).inc();
+    }
+    let lean = Instant::now();
+    for _ in 0..runs {
+        let mut out = String::new();
+        if let Some(by_image) = &r.metrics().by_image {
+            by_image.encode("by image", &mut out);
+        }
+        std::hint::black_box(out);
+    }
+    let lean = lean.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+    let s = Instant::now();
+    for _ in 0..runs {
+        let mut buf = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &reg.gather(), &mut buf)
+            .unwrap();
+        std::hint::black_box(buf);
+    }
+    let crate_gather = s.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+    println!(
+        "## the 10 000 by-image series alone: own encoder {lean:.2} ms, prometheus gather + encode \
+         {crate_gather:.2} ms (×{:.1})",
+        crate_gather / lean
     );
     let corpus: Vec<&str> = include_str!("../tests/fixtures/error_corpus.tsv")
         .lines()

@@ -108,19 +108,31 @@ async fn other_unknown_and_streaming_methods_pass_through_unchanged() {
     let mut direct = CriClient::connect(&sb.containerd_sock, T).await.unwrap();
     let mut proxied = CriClient::connect(&agent.proxy_sock, T).await.unwrap();
 
-    // Typed calls answer the same through the interposer as directly.
+    // Typed calls answer the same through the interposer as directly, headers included (the
+    // interposer adds none, e.g. no `date` of its own).
     let v_direct = direct
         .runtime
         .version(VersionRequest::default())
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let v_proxied = proxied
         .runtime
         .version(VersionRequest::default())
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    let headers = |m: &tonic::metadata::MetadataMap| {
+        let mut h: Vec<(String, Vec<u8>)> = m
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        h.sort();
+        h
+    };
+    assert_eq!(headers(v_direct.metadata()), headers(v_proxied.metadata()));
+    assert!(!headers(v_direct.metadata()).is_empty());
+    let (v_direct, v_proxied) = (v_direct.into_inner(), v_proxied.into_inner());
     assert_eq!(v_direct, v_proxied);
     assert_eq!(v_proxied.runtime_name, "containerd");
     proxied

@@ -95,6 +95,8 @@ impl CriProxy {
             let proxy = self.clone();
             let service = hyper::service::service_fn(move |req| proxy.clone().handle(req));
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                // Transparent: the runtime's response headers only, no `date` added by hyper.
+                .auto_date_header(false)
                 .initial_connection_window_size(CONNECTION_WINDOW)
                 .initial_stream_window_size(STREAM_WINDOW)
                 .max_header_list_size(MAX_HEADER_LIST_SIZE)
