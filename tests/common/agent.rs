@@ -85,6 +85,18 @@ impl Agent {
         Self::spawn_in(dir, &dir.join("no-runtime.sock"), None, &args)
     }
 
+    /// An agent without the sandbox whose interposer (at `dir/proxy.sock`) forwards to
+    /// `runtime_sock`, any HTTP/2 server; no other source polls it.
+    pub fn start_proxy_to(
+        dir: &std::path::Path,
+        runtime_sock: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        let mut args = vec!["--runtime-status-interval", "0s"];
+        args.extend_from_slice(extra);
+        Self::spawn_in(dir, runtime_sock, Some(dir.join("proxy.sock")), &args)
+    }
+
     fn spawn_in(
         dir: &std::path::Path,
         runtime_sock: &std::path::Path,
