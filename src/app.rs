@@ -65,7 +65,7 @@ async fn spawn_interposer(
             };
             rt.block_on(async move {
                 // Bound here: the listener belongs to this runtime's I/O driver.
-                let bound = match socket::bind(&pc.listen_socket, pc.socket_mode) {
+                let bound = match socket::bind(&pc.listen_socket, pc.socket_mode, pc.socket_group) {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = bound_tx.send(Err(e.into()));

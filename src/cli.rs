@@ -52,6 +52,11 @@ pub struct RunArgs {
     )]
     pub cri_proxy_socket_mode: String,
 
+    /// Group of the interposer socket, a name from /etc/group or a numeric GID (default: the
+    /// agent's own group). With mode 0660, lets a non-root CRI client in that group connect.
+    #[arg(long, env = "PULLWATCH_CRI_PROXY_SOCKET_GROUP", value_name = "GROUP")]
+    pub cri_proxy_socket_group: Option<String>,
+
     /// The container runtime's CRI socket the interposer forwards to.
     #[arg(
         long,

@@ -4,6 +4,7 @@ use crate::cli::{LogFormat, RunArgs};
 use crate::recorder::RecorderConfig;
 use crate::sources::containerd::ContainerdConfig;
 use crate::sources::cri_proxy::ProxyConfig;
+use crate::sources::cri_proxy::socket::resolve_group;
 use crate::sources::kube::KubeConfig;
 use crate::sources::ratelimit::ProbeConfig;
 use crate::sources::ratelimit::credentials::CredentialStore;
@@ -88,6 +89,21 @@ impl RunConfig {
                     ),
                 )
             })?;
+        let socket_group = match &args.cri_proxy_socket_group {
+            None => None,
+            Some(_) if args.cri_proxy_socket.is_none() => {
+                return Err(err("cri-proxy-socket-group", "needs --cri-proxy-socket"));
+            }
+            Some(g) => {
+                let etc_group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+                Some(resolve_group(g, &etc_group).ok_or_else(|| {
+                    err(
+                        "cri-proxy-socket-group",
+                        format!("no group {g:?} in /etc/group; give a group name or a numeric GID"),
+                    )
+                })?)
+            }
+        };
         let connect_timeout = parse_duration("connect-timeout", &args.connect_timeout)?;
         if connect_timeout.is_zero() {
             return Err(err("connect-timeout", "must be greater than 0"));
@@ -122,6 +138,7 @@ impl RunConfig {
             Some(p) => Some(ProxyConfig {
                 listen_socket: p.clone(),
                 socket_mode,
+                socket_group,
                 runtime_socket: args.runtime_socket.clone(),
                 connect_timeout,
                 shutdown_grace,
@@ -307,6 +324,27 @@ mod tests {
         let c = RunConfig::from_args(&run_args(&["--cri-proxy-socket", "/run/pw.sock"])).unwrap();
         let p = c.proxy.unwrap();
         assert_eq!(p.socket_mode, 0o660);
+        assert_eq!(p.socket_group, None);
+        let c = RunConfig::from_args(&run_args(&[
+            "--cri-proxy-socket",
+            "/run/pw.sock",
+            "--cri-proxy-socket-group",
+            "root",
+        ]))
+        .unwrap();
+        assert_eq!(c.proxy.unwrap().socket_group, Some(0));
+        let e = RunConfig::from_args(&run_args(&[
+            "--containerd-socket",
+            "/c.sock",
+            "--cri-proxy-socket-group",
+            "0",
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--cri-proxy-socket-group: needs --cri-proxy-socket"),
+            "{e}"
+        );
         assert_eq!(p.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.listen.port(), 9798);
         assert_eq!(c.recorder.backoff_expiry, Duration::from_secs(600));
@@ -338,6 +376,10 @@ mod tests {
                 "must differ from --runtime-socket",
             ),
             (&["--log-level", "=[bad"], "--log-level"),
+            (
+                &["--cri-proxy-socket-group", "no-such-group-pullwatch"],
+                "--cri-proxy-socket-group: no group \"no-such-group-pullwatch\" in /etc/group",
+            ),
         ];
         for (extra, want) in cases {
             let mut argv = vec!["--cri-proxy-socket", "/run/pw.sock"];

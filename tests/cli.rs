@@ -183,6 +183,31 @@ fn kube_source_without_a_cluster_or_with_a_broken_kubeconfig_fails_in_one_line()
 }
 
 #[test]
+fn run_creates_the_socket_with_the_configured_mode_and_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, "").unwrap();
+    let me = std::fs::metadata(&probe).unwrap();
+    // As root (CI) give it to `nogroup`; otherwise only our own group is allowed.
+    let gid = if me.uid() == 0 { 65534 } else { me.gid() };
+    let gid_arg = gid.to_string();
+    let agent = common::agent::Agent::start_proxy_to(
+        dir.path(),
+        &dir.path().join("no-runtime.sock"),
+        &[
+            "--cri-proxy-socket-mode",
+            "0640",
+            "--cri-proxy-socket-group",
+            &gid_arg,
+        ],
+    );
+    let meta = std::fs::symlink_metadata(&agent.proxy_sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(meta.gid(), gid);
+}
+
+#[test]
 fn run_refuses_to_replace_a_regular_file() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-socket");

@@ -32,6 +32,8 @@ pub struct ProxyConfig {
     pub listen_socket: PathBuf,
     /// Permission bits of the listening socket.
     pub socket_mode: u32,
+    /// Group owning the listening socket (default: pullwatch's own).
+    pub socket_group: Option<u32>,
     /// The runtime's CRI socket.
     pub runtime_socket: PathBuf,
     /// Limit for connecting to the runtime socket.

@@ -71,8 +71,27 @@ impl Drop for BoundSocket {
     }
 }
 
-/// Binds a unix socket at `path` with permission bits `mode` (e.g. `0o660`).
-pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, SocketError> {
+/// Resolves a socket group given as a numeric GID or as a group name listed in `etc_group` (the
+/// text of `/etc/group`; groups known only to NSS/LDAP must be given by number).
+pub fn resolve_group(value: &str, etc_group: &str) -> Option<u32> {
+    if let Ok(gid) = value.parse::<u32>() {
+        return Some(gid);
+    }
+    etc_group
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            Some((name, gid))
+        })
+        .find(|(name, _)| !name.is_empty() && *name == value)
+        .map(|(_, gid)| gid)
+}
+
+/// Binds a unix socket at `path` with permission bits `mode` (e.g. `0o660`) and, if given, owned
+/// by group `group`; both are set before the socket appears at `path`.
+pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<BoundSocket, SocketError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -101,6 +120,12 @@ pub fn bind(path: &Path, mode: u32) -> Result<BoundSocket, SocketError> {
     let listener = UnixListener::bind(&tmp).map_err(io_err(&tmp, "bind"))?;
     let placed = fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
         .map_err(io_err(&tmp, "set permissions"))
+        .and_then(|()| match group {
+            Some(gid) => {
+                std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(io_err(&tmp, "set group"))
+            }
+            None => Ok(()),
+        })
         .and_then(|()| fs::rename(&tmp, path).map_err(io_err(path, "move into place")));
     if let Err(e) = placed {
         let _ = fs::remove_file(&tmp);
@@ -127,12 +152,18 @@ mod tests {
         // A stale socket file: its listener is gone, the file stayed.
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let s = bind(&path, 0o600).unwrap();
+        // The group: one this process may give files to (its own primary group).
+        let gid = fs::metadata(dir.path()).unwrap().gid();
+        let s = bind(&path, 0o600, Some(gid)).unwrap();
         let meta = fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.gid(), gid);
         // A live socket is refused.
-        assert!(matches!(bind(&path, 0o600), Err(SocketError::InUse { .. })));
+        assert!(matches!(
+            bind(&path, 0o600, None),
+            Err(SocketError::InUse { .. })
+        ));
         drop(s);
         assert!(!path.exists(), "socket removed on drop");
     }
@@ -146,8 +177,20 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let err = rt.block_on(async { bind(&path, 0o600) }).unwrap_err();
+        let err = rt.block_on(async { bind(&path, 0o600, None) }).unwrap_err();
         assert!(matches!(err, SocketError::NotASocket { .. }), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "data");
+    }
+
+    #[test]
+    fn groups_resolve_by_number_or_etc_group_name() {
+        let etc_group =
+            "root:x:0:\n# comment\nbroken\ncri:x:997:kubelet\n:x:5:\nodd:x:notanumber:\n";
+        assert_eq!(resolve_group("cri", etc_group), Some(997));
+        assert_eq!(resolve_group("root", etc_group), Some(0));
+        assert_eq!(resolve_group("1234", etc_group), Some(1234));
+        assert_eq!(resolve_group("missing", etc_group), None);
+        assert_eq!(resolve_group("odd", etc_group), None);
+        assert_eq!(resolve_group("", etc_group), None);
     }
 }
