@@ -106,7 +106,7 @@ pub async fn run(
     let mut kube_source = None;
     if let Some(kc) = config.kube.clone() {
         let client = crate::sources::kube::client(&kc).await?;
-        tracing::info!(node = %kc.node_name, attempts = kc.emit_attempts, "Kubernetes API source on");
+        tracing::info!(node = %kc.node_name, attempts = kc.emit_attempts, events = kc.watch_events, "Kubernetes API source on");
         kube_source = Some(crate::sources::kube::KubeSource::new(
             kc,
             client,

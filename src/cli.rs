@@ -119,6 +119,19 @@ pub struct RunArgs {
     #[arg(long, env = "PULLWATCH_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
+    /// With --kube: also watch kubelet's Pod events (successes with kubelet's durations, failures
+    /// at once). `false` watches only this node's pods, for clusters where every agent receiving
+    /// the cluster-wide stream of kubelet events is too much (the API cannot filter events by
+    /// node): failures and backoff then come from pod statuses alone, successes are not seen.
+    #[arg(
+        long,
+        env = "PULLWATCH_KUBE_EVENTS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub kube_events: bool,
+
     /// kubeconfig for the Kubernetes API (local use); without it, the in-cluster service account.
     #[arg(long, env = "PULLWATCH_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,

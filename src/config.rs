@@ -225,6 +225,9 @@ impl RunConfig {
             if args.kubeconfig.is_some() {
                 return Err(err("kubeconfig", "only used with --kube"));
             }
+            if !args.kube_events {
+                return Err(err("kube-events", "only used with --kube"));
+            }
             return Ok(None);
         }
         let node_name = args
@@ -250,6 +253,7 @@ impl RunConfig {
             node_name: node_name.to_string(),
             kubeconfig: args.kubeconfig.clone(),
             emit_attempts,
+            watch_events: args.kube_events,
         }))
     }
 

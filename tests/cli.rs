@@ -126,6 +126,15 @@ fn bad_input_and_config_exit_64_with_one_line() {
             ][..],
             "--kubeconfig: only used with --kube",
         ),
+        (
+            &[
+                "run",
+                "--containerd-socket",
+                "/c.sock",
+                "--kube-events=false",
+            ][..],
+            "--kube-events: only used with --kube",
+        ),
         (&["frobnicate"][..], "frobnicate"),
     ] {
         let o = pullwatch(args, None);

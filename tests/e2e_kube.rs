@@ -528,3 +528,62 @@ fn list_requests(api: &KubeApi, path: &str) -> usize {
         .filter(|r| r.contains(&format!("{path}?")) && !r.contains("watch=true"))
         .count()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_events_statuses_alone_give_failures_at_once() {
+    // --kube-events=false: only this node's pods are watched; a status failure counts at once.
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    let agent = start(&api, dir.path(), &["--kube-events=false"]);
+    api.wait_for_watchers(Kind::Pods, 1).await;
+    let image = "registry.example.com/team/private:1";
+    api.apply(Kind::Pods, pod("team", "api-1", NODE, image, 0, None));
+    let failing = pod(
+        "team",
+        "api-1",
+        NODE,
+        image,
+        0,
+        Some(waiting("ErrImagePull", DENIED)),
+    );
+    api.apply(Kind::Pods, failing.clone());
+    api.apply(Kind::Pods, failing);
+    // An event that would count if events were watched: nobody asks for it.
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-1",
+            ("team", "api-1", NODE),
+            ("Failed", &failed(image, DENIED)),
+            1,
+            (0, 0),
+        ),
+    );
+    // Well inside the 30 s an event would be waited for.
+    let m = agent.scrape_until_within(Duration::from_secs(10), "the status failure", |m| {
+        sum(
+            m,
+            "pullwatch_image_pull_failures_total",
+            &[("reason", "unauthorized")],
+        ) == 1.0
+    });
+    assert_eq!(
+        sum(&m, "pullwatch_kube_watch_up", &[("resource", "pods")]),
+        1.0
+    );
+    assert!(
+        !m.contains("pullwatch_kube_watch_up{resource=\"events\"}"),
+        "no events watch, no events health: {m}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sum(&agent.scrape(), "pullwatch_image_pulls_total", &[]),
+        1.0
+    );
+    let requests = api.requests();
+    assert!(
+        !requests.iter().any(|r| r.contains("/api/v1/events")),
+        "events were requested: {requests:#?}"
+    );
+    assert!(requests.iter().any(|r| r.contains("/api/v1/pods")));
+}

@@ -15,6 +15,7 @@ pub mod tracker;
 
 use crate::core::attempt::PodRef;
 use crate::recorder::Recorder;
+use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
@@ -40,6 +41,8 @@ pub struct KubeConfig {
     pub kubeconfig: Option<PathBuf>,
     /// Record attempts (false when the interposer is on: it is authoritative).
     pub emit_attempts: bool,
+    /// Watch kubelet's Pod events too (`--kube-events`), not only this node's pods.
+    pub watch_events: bool,
 }
 
 /// Why the source could not start.
@@ -107,6 +110,11 @@ impl KubeSource {
     /// A source for `config` using `client`, recording into `recorder`.
     pub fn new(config: KubeConfig, client: Client, recorder: Arc<Recorder>) -> Self {
         let tracker = KubeTracker::new(SystemTime::now(), config.emit_attempts);
+        let tracker = if config.watch_events {
+            tracker
+        } else {
+            tracker.without_events()
+        };
         Self {
             config,
             client,
@@ -136,7 +144,11 @@ impl KubeSource {
     /// Runs until `shutdown` flips to true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut pods = std::pin::pin!(self.pod_stream());
-        let mut events = std::pin::pin!(self.event_stream());
+        let mut events = std::pin::pin!(if self.config.watch_events {
+            Either::Left(self.event_stream())
+        } else {
+            Either::Right(futures_util::stream::pending())
+        });
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

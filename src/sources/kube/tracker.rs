@@ -145,6 +145,9 @@ pub struct KubeTracker {
     unmatched_events: HashMap<PairKey, VecDeque<Instant>>,
     /// Status failures waiting for their event.
     pending: HashMap<PairKey, VecDeque<PendingStatus>>,
+    /// How long a status failure waits for its event: [`DEDUP_WINDOW`], or zero when events are
+    /// not watched.
+    wait_for_event: Duration,
 }
 
 impl KubeTracker {
@@ -164,7 +167,15 @@ impl KubeTracker {
             containers: HashMap::new(),
             unmatched_events: HashMap::new(),
             pending: HashMap::new(),
+            wait_for_event: DEDUP_WINDOW,
         }
+    }
+
+    /// For a source that does not watch Events: status failures count at the next tick, since
+    /// no event will come to stand for them.
+    pub fn without_events(mut self) -> Self {
+        self.wait_for_event = Duration::ZERO;
+        self
     }
 
     /// How many of `ev`'s occurrences are new.
@@ -320,7 +331,7 @@ impl KubeTracker {
                         .entry(key)
                         .or_default()
                         .push_back(PendingStatus {
-                            deadline: now + DEDUP_WINDOW,
+                            deadline: now + self.wait_for_event,
                             attempt: attempt(
                                 &c.image,
                                 &p.pod,
@@ -601,6 +612,23 @@ mod tests {
         );
         assert_eq!(a, vec![Action::Deduplicated]);
         assert!(t.tick(now + DEDUP_WINDOW * 2, SystemTime::now()).is_empty());
+    }
+
+    #[test]
+    fn without_events_a_status_failure_counts_at_the_next_tick_once() {
+        let since = SystemTime::now();
+        let now = Instant::now();
+        let mut t = KubeTracker::new(since, true).without_events();
+        t.on_pod(&pod_with(PullState::Waiting, since), now);
+        let failed = pod_with(PullState::Failed("429 Too Many Requests".into()), since);
+        assert!(records(&t.on_pod(&failed, now)).is_empty());
+        let a = t.tick(now, SystemTime::now());
+        let r = records(&a);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].outcome.reason(), Some(Reason::RateLimited));
+        // Resyncs of the same status still count nothing.
+        t.on_pod(&failed, now + Duration::from_secs(1));
+        assert!(records(&t.tick(now + Duration::from_secs(1), SystemTime::now())).is_empty());
     }
 
     #[test]
