@@ -120,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn output_parses_as_prometheus_text() {
+    fn every_counted_pull_is_rendered_once() {
         let c = ImagePullCounts::default();
         for i in 0..50 {
             c.inc(&format!("r.io/app-{i}:v\"{i}\""), i % 3 == 0);

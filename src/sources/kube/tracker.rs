@@ -8,7 +8,8 @@
 //! - Statuses repeat on every resync. Only a container's *transition* into a pull-failure state
 //!   is a new attempt, and only a fallback: kubelet records the same failure as a `Failed` event,
 //!   which is authoritative. A status failure waits [`DEDUP_WINDOW`] for its event and counts
-//!   only if none arrives (events can be dropped by kubelet's rate limit or expire).
+//!   only if none arrives (events can be dropped by kubelet's rate limit or expire); when events
+//!   are not watched at all ([`KubeTracker::without_events`]) it counts at once.
 //!
 //! Pure state machine (no I/O, time passed in) so every rule is unit-tested.
 
