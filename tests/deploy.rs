@@ -139,6 +139,19 @@ fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
         let flag = a.split('=').next().unwrap();
         assert!(help.contains(flag), "DaemonSet passes unknown flag {flag}");
     }
+    // So do the ones suggested in comments (`# - --flag=...`).
+    let suggested: Vec<String> = read("deploy/kubernetes/base/daemonset.yaml")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("# - --"))
+        .map(|f| format!("--{}", f.split('=').next().unwrap_or(f)))
+        .collect();
+    assert!(!suggested.is_empty());
+    for flag in &suggested {
+        assert!(
+            help.contains(flag.as_str()),
+            "DaemonSet suggests unknown flag {flag}"
+        );
+    }
     let svc = kind(&docs, "Service");
     assert_eq!(svc["spec"]["clusterIP"], "None");
     assert_eq!(svc["spec"]["ports"][0]["port"], 9798);
