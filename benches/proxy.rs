@@ -351,22 +351,9 @@ fn in_process() {
     }
     let text = r.render();
     let series = text.lines().filter(|l| !l.starts_with('#')).count();
-    let runs = 20;
-    let s = Instant::now();
-    for _ in 0..runs {
-        std::hint::black_box(r.render());
-    }
-    let total = s.elapsed().as_secs_f64() * 1000.0 / runs as f64;
-    let s = Instant::now();
-    for _ in 0..runs {
-        r.refresh();
-    }
-    let refresh = s.elapsed().as_secs_f64() * 1000.0 / runs as f64;
-    let s = Instant::now();
-    for _ in 0..runs {
-        std::hint::black_box(r.metrics().render());
-    }
-    let encode = s.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+    let total = ms_per_run(|| drop(std::hint::black_box(r.render())));
+    let refresh = ms_per_run(|| r.refresh());
+    let encode = ms_per_run(|| drop(std::hint::black_box(r.metrics().render())));
     println!(
         "\n## /metrics render: {series} series in {total:.2} ms \
          (backoff refresh over 10 000 pods {refresh:.2} ms, gather + encode {encode:.2} ms)"
@@ -384,23 +371,19 @@ fn in_process() {
         let image = format!("reg{}.example.com/team/app-{i}:1", i % 50);
         vec.with_label_values(&[image.as_str(), "failure"]).inc();
     }
-    let lean = Instant::now();
-    for _ in 0..runs {
+    let lean = ms_per_run(|| {
         let mut out = String::new();
         if let Some(by_image) = &r.metrics().by_image {
             by_image.encode("by image", &mut out);
         }
         std::hint::black_box(out);
-    }
-    let lean = lean.elapsed().as_secs_f64() * 1000.0 / runs as f64;
-    let s = Instant::now();
-    for _ in 0..runs {
+    });
+    let crate_gather = ms_per_run(|| {
         let mut buf = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &reg.gather(), &mut buf)
             .unwrap();
         std::hint::black_box(buf);
-    }
-    let crate_gather = s.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+    });
     println!(
         "## the 10 000 by-image series alone: own encoder {lean:.2} ms, prometheus gather + encode \
          {crate_gather:.2} ms (×{:.1})",
@@ -421,6 +404,16 @@ fn in_process() {
         n as f64 / s.elapsed().as_secs_f64() / 1e6,
         corpus.len()
     );
+}
+
+/// Mean wall time of `f` over 20 runs, in milliseconds.
+fn ms_per_run(mut f: impl FnMut()) -> f64 {
+    const RUNS: u32 = 20;
+    let s = Instant::now();
+    for _ in 0..RUNS {
+        f();
+    }
+    s.elapsed().as_secs_f64() * 1000.0 / f64::from(RUNS)
 }
 
 fn us(d: Duration) -> f64 {
