@@ -347,6 +347,7 @@ fn in_process() {
             duration: Some(Duration::from_millis(500)),
             outcome: Outcome::failure(Code::Unknown, "x: not found"),
             source: Source::CriProxy,
+            trace: None,
         });
     }
     let text = r.render();

@@ -13,6 +13,8 @@ PACKAGES=(
   util-linux iproute2 procps ca-certificates curl
   openssl             # certificates for the --web.config.file TLS test
   g++                 # libFuzzer's C++ sources (scripts/fuzz.sh builds them via libfuzzer-sys)
+  golang-go golang-google-grpc-dev  # a grpc-go CRI caller for the interposer's caller tests
+  socat               # the byte-relay floor in the interposer benchmark
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -35,6 +37,11 @@ fi
 if ! command -v kubernetes-validate >/dev/null; then
   python3 -m pip install --quiet kubernetes-validate \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+# grpcio (PyPI): a Python gRPC CRI caller for the interposer's caller tests.
+if ! python3 -c 'import grpc' 2>/dev/null; then
+  python3 -m pip install --quiet grpcio \
+    || python3 -m pip install --quiet --break-system-packages grpcio
 fi
 # Debian starts packaged services on install where it can; the tests run their own instances.
 for svc in containerd prometheus prometheus-alertmanager docker-registry prometheus-node-exporter; do

@@ -4,7 +4,7 @@
 use crate::config::RunConfig;
 use crate::http::{self, Readiness};
 use crate::recorder::Recorder;
-use crate::sources::cri_proxy::{CriProxy, socket};
+use crate::sources::cri_proxy::{CriProxy, loop_guard, socket};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -26,6 +26,9 @@ pub enum RunError {
     /// The interposer socket could not be created.
     #[error("--cri-proxy-socket: {0}")]
     Socket(#[from] socket::SocketError),
+    /// The runtime socket is the interposer's own socket.
+    #[error(transparent)]
+    SelfLoop(#[from] crate::sources::cri_proxy::loop_guard::SelfLoop),
     /// The interposer's thread or runtime could not start.
     #[error("starting the CRI interposer: {0}")]
     InterposerRuntime(#[source] std::io::Error),
@@ -35,6 +38,13 @@ pub enum RunError {
     /// The rate-limit probe's HTTP client could not be built (no system trust roots).
     #[error("--ratelimit-probe: loading the system's CA certificates: {0}")]
     ProbeTls(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// Whether the error is in the configuration given (exit code 64), not the environment.
+    pub fn is_usage(&self) -> bool {
+        matches!(self, RunError::SelfLoop(_))
+    }
 }
 
 /// Starts the interposer on its own thread with a single-threaded runtime, and returns once its
@@ -72,6 +82,11 @@ async fn spawn_interposer(
                         return;
                     }
                 };
+                // Bound first: then our socket exists and is compared by device and inode.
+                if let Err(e) = loop_guard::check(&pc.listen_socket, &pc.runtime_socket) {
+                    let _ = bound_tx.send(Err(e.into()));
+                    return;
+                }
                 let _ = bound_tx.send(Ok(()));
                 let proxy = Arc::new(CriProxy::new(&pc, recorder));
                 let stopped = async move {

@@ -45,9 +45,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EX_USAGE, e),
             };
-            logging::init(config.log_format, &config.log_level);
+            let _log = logging::init(config.log_format, &config.log_level);
             match rt.block_on(app::run(config, signal::shutdown())) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.is_usage() => fail(EX_USAGE, e),
                 Err(e) => fail(1, e),
             }
         }
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Pull(args) => {
-            logging::init(LogFormat::Text, "warn");
+            let _log = logging::init(LogFormat::Text, "warn");
             let req = match PullRequest::from_args(&args) {
                 Ok(r) => r,
                 Err(e) => return fail(EX_USAGE, e),

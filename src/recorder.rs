@@ -101,6 +101,9 @@ impl Recorder {
 
     /// Records one finished attempt.
     pub fn record(&self, attempt: &PullAttempt) {
+        if !attempt.is_bounded() {
+            return self.record(&attempt.clone().bounded());
+        }
         let registry = self.admit(&self.registries, attempt.registry());
         let result = attempt.outcome.result_label();
         self.metrics
@@ -142,6 +145,8 @@ impl Recorder {
     /// kubelet reports it is backing off `image` for `pod`; `last_failure` is the cause it
     /// gave, if any (classified here). See [`BackoffTracker::backing_off`].
     pub fn backing_off(&self, pod: &PodRef, image: &str, last_failure: Option<Reason>) {
+        let image = &image[..image.floor_char_boundary(crate::core::attempt::MAX_IMAGE_LEN)];
+        let pod = &pod.clone().bounded();
         let pod = self.admitted_pod(pod);
         let registry = ImageRef::parse(image)
             .map_or(crate::core::attempt::UNKNOWN_REGISTRY.to_string(), |r| {
@@ -216,6 +221,7 @@ mod tests {
             duration: Some(Duration::from_millis(1500)),
             outcome,
             source: Source::CriProxy,
+            trace: None,
         }
     }
 

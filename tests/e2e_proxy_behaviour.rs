@@ -61,7 +61,9 @@ async fn backoff_gauge_rises_on_failures_and_falls_on_success_and_expiry() {
     );
     // Pulls outside any pod (crictl-style) are never "in backoff".
     assert_eq!(reason_of(&pull_as(s, &missing, None, T).await), "not_found");
-    let m = agent.scrape();
+    let m = agent.scrape_until("six attempts", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) == 6.0
+    });
     let reg = sb.registry.as_str();
     let backoff = |m: &str, ns: &str, reason: &str| {
         sum(
@@ -89,7 +91,9 @@ async fn backoff_gauge_rises_on_failures_and_falls_on_success_and_expiry() {
         reason_of(&pull_as(s, &missing, Some(("shop", "web-1")), T).await),
         "success"
     );
-    let m = agent.scrape();
+    let m = agent.scrape_until("the success", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == 1.0
+    });
     assert_eq!(backoff(&m, "shop", "not_found"), 1.0, "{m}");
     // Nobody retries the rest: they expire after --backoff-expiry.
     let m = agent.scrape_until("backoff expiry", |m| {
@@ -198,7 +202,10 @@ async fn other_unknown_and_streaming_methods_pass_through_unchanged() {
     assert_eq!(puller.await.unwrap(), "success");
     drop(stream);
 
-    let m = agent.scrape();
+    let m = agent.scrape_until("the calls recorded", |m| {
+        sum(m, "pullwatch_cri_requests_total", &[("code", "OK")]) >= 5.0
+            && sum(m, "pullwatch_cri_requests_total", &[("method", "other")]) >= 1.0
+    });
     for (method, code, n) in [
         ("/runtime.v1.RuntimeService/Version", "OK", 1.0),
         ("/runtime.v1.RuntimeService/ListContainers", "OK", 1.0),
@@ -263,7 +270,9 @@ async fn credentials_in_auth_config_appear_nowhere() {
         assert!(!format!("{req:?}").contains("S3CR3T"), "Debug must redact");
         pull(&mut c, &req).await;
     }
-    let m = agent.scrape();
+    let m = agent.scrape_until("both attempts", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) == 2.0
+    });
     assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 2.0, "{m}");
     let logs = agent.logs();
     assert!(
@@ -276,61 +285,86 @@ async fn credentials_in_auth_config_appear_nowhere() {
     }
 }
 
+/// What a caller gets from a CRI socket: the Version reply, or the error (code only: tonic's
+/// texts for a refused and for a closed connection differ, the code is what kubelet acts on).
+async fn version_via(sock: &std::path::Path) -> Result<String, Code> {
+    let mut c = CriClient::connect(sock, Duration::from_secs(2))
+        .await
+        .map_err(|_| Code::Unavailable)?;
+    c.runtime
+        .version(VersionRequest::default())
+        .await
+        .map(|v| v.into_inner().runtime_name)
+        .map_err(|e| e.code())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runtime_outage_gives_prompt_unavailable_and_recovers() {
+async fn runtime_outage_looks_like_the_runtime_down_and_recovers() {
     let mut sb = Sandbox::start().await;
     let img = TestImage::build("outage", 2048, "amd64");
     let image = sb.push(&img, "team/app", "1");
     let agent = Agent::start(&sb, &["--connect-timeout", "1s"]);
-    let mut c = CriClient::connect(&agent.proxy_sock, T).await.unwrap();
-    c.runtime.version(VersionRequest::default()).await.unwrap();
+    assert_eq!(
+        version_via(&agent.proxy_sock).await,
+        Ok("containerd".into())
+    );
 
     sb.stop_containerd();
+    // Directly, the caller finds nobody listening; through pullwatch its connection is closed
+    // at once. Either way: a prompt failure, no hang, and the caller's own retry logic decides.
+    let direct = version_via(&sb.containerd_sock).await;
     let t = Instant::now();
-    let e = c
-        .runtime
-        .version(VersionRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
-    assert!(e.message().contains("runtime unavailable"), "{e:?}");
+    let proxied = version_via(&agent.proxy_sock).await;
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "took {:?}",
         t.elapsed()
     );
+    assert!(
+        direct.is_err() && proxied.is_err(),
+        "{direct:?} {proxied:?}"
+    );
+    // tonic reports a connection closed under its request as UNKNOWN "transport error", a
+    // refused one as UNAVAILABLE; grpc-go (kubelet) says UNAVAILABLE for both (e2e_callers).
+    assert!(
+        matches!(proxied, Err(Code::Unavailable | Code::Unknown)),
+        "{proxied:?}, direct: {direct:?}"
+    );
     let r = pull_as(&agent.proxy_sock, &image, Some(("ns", "p")), T).await;
-    assert_eq!(reason_of(&r), "runtime_unavailable");
+    assert_ne!(reason_of(&r), "success");
+    let m = agent.scrape_until("the first Version recorded", |m| {
+        sum(m, "pullwatch_cri_requests_total", &[]) == 1.0
+    });
+    assert_eq!(
+        sum(&m, "pullwatch_runtime_up", &[("source", "cri_proxy")]),
+        0.0,
+        "{m}"
+    );
+    assert!(
+        sum(
+            &m,
+            "pullwatch_interposer_connections_total",
+            &[("result", "runtime_unreachable")]
+        ) >= 2.0
+    );
+    // No call reached a runtime, so none is recorded as made.
+    assert_eq!(sum(&m, "pullwatch_cri_requests_total", &[]), 1.0);
 
     sb.start_containerd().await;
-    c.runtime
-        .version(VersionRequest::default())
-        .await
-        .expect("interposer reconnects");
+    assert_eq!(
+        version_via(&agent.proxy_sock).await,
+        Ok("containerd".into()),
+        "a new connection reaches the runtime again"
+    );
     assert_eq!(
         reason_of(&pull_as(&agent.proxy_sock, &image, Some(("ns", "p")), T).await),
         "success"
     );
-    let m = agent.scrape();
+    let m = agent.scrape_until("the pull recorded", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == 1.0
+    });
     assert_eq!(
-        sum(
-            &m,
-            "pullwatch_cri_requests_total",
-            &[("code", "UNAVAILABLE")]
-        ),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(
-        sum(
-            &m,
-            "pullwatch_image_pull_failures_total",
-            &[("reason", "runtime_unavailable")]
-        ),
-        1.0
-    );
-    assert_eq!(
-        sum(&m, "pullwatch_image_pulls_total", &[("result", "success")]),
+        sum(&m, "pullwatch_runtime_up", &[("source", "cri_proxy")]),
         1.0
     );
 }

@@ -117,13 +117,153 @@ pub struct PullAttempt {
     pub outcome: Outcome,
     /// Who observed it.
     pub source: Source,
+    /// The caller's W3C trace context (kubelet sends one with each CRI call when its tracing is
+    /// on), so the pull can be found from kubelet's trace.
+    pub trace: Option<Box<TraceContext>>,
+}
+
+/// The trace and span a call was made in, from its W3C `traceparent` header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The caller's span: 16 lowercase hex digits.
+    pub span_id: String,
+}
+
+impl TraceContext {
+    /// Parses `version-traceid-parentid-flags` (W3C Trace Context §3.2); `None` for anything
+    /// malformed, a version `ff`, or an all-zero id.
+    pub fn parse(traceparent: &str) -> Option<Self> {
+        let mut parts = traceparent.trim().split('-');
+        let (version, trace_id, span_id, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        };
+        let nonzero = |s: &str| s.bytes().any(|b| b != b'0');
+        // Version 00 has exactly four fields; later versions may append more.
+        let ok = hex(version, 2)
+            && version != "ff"
+            && (version != "00" || parts.next().is_none())
+            && hex(trace_id, 32)
+            && nonzero(trace_id)
+            && hex(span_id, 16)
+            && nonzero(span_id)
+            && hex(flags, 2);
+        ok.then(|| Self {
+            trace_id: trace_id.to_string(),
+            span_id: span_id.to_string(),
+        })
+    }
+}
+
+/// Longest image reference kept (a valid one is far shorter: names up to 255 characters, tags
+/// up to 128, a digest); longer ones, from a broken or hostile caller, are cut.
+pub const MAX_IMAGE_LEN: usize = 1024;
+/// Longest pod name kept (a DNS subdomain: 253).
+pub const MAX_POD_NAME_LEN: usize = 253;
+/// Longest namespace kept (a DNS label: 63).
+pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest pod UID kept (a UUID is 36).
+pub const MAX_UID_LEN: usize = 64;
+
+/// Cuts `s` to at most `max` bytes, on a character boundary.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+impl PodRef {
+    /// The pod with every field cut to its bound.
+    pub fn bounded(mut self) -> Self {
+        truncate(&mut self.namespace, MAX_NAMESPACE_LEN);
+        truncate(&mut self.name, MAX_POD_NAME_LEN);
+        truncate(&mut self.uid, MAX_UID_LEN);
+        self
+    }
+
+    /// Whether every field is within its bound.
+    pub fn is_bounded(&self) -> bool {
+        self.namespace.len() <= MAX_NAMESPACE_LEN
+            && self.name.len() <= MAX_POD_NAME_LEN
+            && self.uid.len() <= MAX_UID_LEN
+    }
 }
 
 impl PullAttempt {
+    /// Whether image and pod strings are within their bounds (see [`PullAttempt::bounded`]).
+    pub fn is_bounded(&self) -> bool {
+        self.image.len() <= MAX_IMAGE_LEN && self.pod.as_ref().is_none_or(PodRef::is_bounded)
+    }
+
+    /// The attempt with image and pod strings cut to their bounds, so that no caller can make
+    /// labels, backoff keys or event lines grow with its input.
+    pub fn bounded(mut self) -> Self {
+        truncate(&mut self.image, MAX_IMAGE_LEN);
+        self.pod = self.pod.map(PodRef::bounded);
+        self
+    }
+
     /// Normalized registry, or `unknown`.
     pub fn registry(&self) -> &str {
         self.reference
             .as_ref()
             .map_or(UNKNOWN_REGISTRY, |r| r.registry.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_is_read_strictly() {
+        let t =
+            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.span_id, "00f067aa0ba902b7");
+        // A future version may carry more fields.
+        assert!(
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x")
+                .is_some()
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn strings_are_cut_on_char_boundaries() {
+        let mut s = "é".repeat(10);
+        truncate(&mut s, 5);
+        assert_eq!(s, "éé");
+        let pod = PodRef {
+            namespace: "n".repeat(100),
+            name: "p".repeat(300),
+            uid: "u".repeat(100),
+        }
+        .bounded();
+        assert!(pod.is_bounded());
+        assert_eq!(
+            (pod.namespace.len(), pod.name.len(), pod.uid.len()),
+            (63, 253, 64)
+        );
     }
 }

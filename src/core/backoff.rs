@@ -170,6 +170,7 @@ mod tests {
             duration: Some(Duration::from_millis(5)),
             outcome,
             source: Source::CriProxy,
+            trace: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Reading and writing gRPC status (`grpc-status`, `grpc-message`) in HTTP/2 headers and
 //! trailers, per the gRPC over HTTP/2 protocol.
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http::{HeaderMap, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use tonic::Code;
 
@@ -80,22 +80,64 @@ pub fn encode_message(message: &str) -> String {
     utf8_percent_encode(message, GRPC_MESSAGE_ENCODE).to_string()
 }
 
-/// A "trailers-only" gRPC error response, as a server sends when it fails before any message.
-pub fn trailers_only<B: Default>(code: Code, message: &str) -> Response<B> {
-    let mut resp = Response::new(B::default());
-    *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert("content-type", HeaderValue::from_static("application/grpc"));
-    h.insert("grpc-status", HeaderValue::from(code as i32));
-    if let Ok(v) = HeaderValue::from_str(&encode_message(message)) {
-        h.insert("grpc-message", v);
+/// A status from raw `grpc-status` and `grpc-message` values (as read off the wire).
+pub fn from_raw(grpc_status: &str, grpc_message: Option<&[u8]>) -> GrpcStatus {
+    let code = grpc_status
+        .trim()
+        .parse::<i32>()
+        .map_or(Code::Unknown, Code::from_i32);
+    GrpcStatus {
+        code,
+        message: grpc_message.map(decode_message).unwrap_or_default(),
     }
-    resp
+}
+
+/// [`code_from_http`] for a numeric status.
+pub fn code_from_http_u16(status: u16) -> Code {
+    StatusCode::from_u16(status).map_or(Code::Unknown, code_from_http)
+}
+
+/// The gRPC code a client reports for a stream reset with HTTP/2 error `code` (gRPC over
+/// HTTP/2, "Errors").
+pub fn code_from_reset(code: u32) -> Code {
+    match code {
+        0x7 => Code::Unavailable,       // REFUSED_STREAM
+        0x8 => Code::Cancelled,         // CANCEL
+        0xb => Code::ResourceExhausted, // ENHANCE_YOUR_CALM
+        0xc => Code::PermissionDenied,  // INADEQUATE_SECURITY
+        _ => Code::Internal,
+    }
+}
+
+/// The name of an HTTP/2 error code (RFC 9113 §7).
+pub fn reset_name(code: u32) -> &'static str {
+    const NAMES: [&str; 14] = [
+        "NO_ERROR",
+        "PROTOCOL_ERROR",
+        "INTERNAL_ERROR",
+        "FLOW_CONTROL_ERROR",
+        "SETTINGS_TIMEOUT",
+        "STREAM_CLOSED",
+        "FRAME_SIZE_ERROR",
+        "REFUSED_STREAM",
+        "CANCEL",
+        "COMPRESSION_ERROR",
+        "CONNECT_ERROR",
+        "ENHANCE_YOUR_CALM",
+        "INADEQUATE_SECURITY",
+        "HTTP_1_1_REQUIRED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("unknown error code")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     #[test]
     fn reads_percent_encoded_messages() {
@@ -125,12 +167,19 @@ mod tests {
     }
 
     #[test]
-    fn trailers_only_round_trips() {
-        let r: Response<()> = trailers_only(Code::Unavailable, "runtime down: 100%\n");
-        let s = from_headers(r.headers()).unwrap();
-        assert_eq!(s.code, Code::Unavailable);
-        assert_eq!(s.message, "runtime down: 100%\n");
-        assert_eq!(r.headers()["content-type"], "application/grpc");
+    fn raw_values_and_resets() {
+        let s = from_raw(" 5", Some(b"image %22x%22 not found"));
+        assert_eq!(
+            (s.code, s.message.as_str()),
+            (Code::NotFound, "image \"x\" not found")
+        );
+        assert_eq!(from_raw("x", None).code, Code::Unknown);
+        assert_eq!(code_from_reset(8), Code::Cancelled);
+        assert_eq!(code_from_reset(7), Code::Unavailable);
+        assert_eq!(code_from_reset(2), Code::Internal);
+        assert_eq!(reset_name(2), "INTERNAL_ERROR");
+        assert_eq!(reset_name(99), "unknown error code");
+        assert_eq!(code_from_http_u16(503), Code::Unavailable);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub fn emit(attempt: &PullAttempt) {
         .as_ref()
         .map_or("", |r| r.repository.as_str());
     let duration_seconds = attempt.duration.map(|d| d.as_secs_f64());
+    let trace_id = attempt.trace.as_ref().map(|t| t.trace_id.as_str());
+    let span_id = attempt.trace.as_ref().map(|t| t.span_id.as_str());
     match &attempt.outcome {
         Outcome::Success { image_ref } => tracing::info!(
             target: TARGET,
@@ -38,6 +40,8 @@ pub fn emit(attempt: &PullAttempt) {
             pod_uid,
             started_unix_ms,
             duration_seconds,
+            trace_id,
+            span_id,
             image_ref = %image_ref,
             "image pull succeeded"
         ),
@@ -59,6 +63,8 @@ pub fn emit(attempt: &PullAttempt) {
             pod_uid,
             started_unix_ms,
             duration_seconds,
+            trace_id,
+            span_id,
             reason = reason.as_str(),
             grpc_code = code_name(*code),
             error = %message,

@@ -110,6 +110,30 @@ pub const FAMILIES: &[Family] = &[
         "Duration of CRI calls proxied by the interposer, by gRPC method."
     ),
     family!(
+        "pullwatch_interposer_connections_total",
+        Counter,
+        ["result"],
+        "Caller connections the interposer accepted, by result (relayed|runtime_unreachable|self_loop)."
+    ),
+    family!(
+        "pullwatch_interposer_connections_open",
+        Gauge,
+        [],
+        "Caller connections the interposer is relaying now (each with its own runtime connection)."
+    ),
+    family!(
+        "pullwatch_interposer_unobserved_connections_total",
+        Counter,
+        ["cause"],
+        "Connections the interposer relays without observing them from some point on, by cause (not_http2|protocol|hpack|limit)."
+    ),
+    family!(
+        "pullwatch_log_lines_dropped_total",
+        Counter,
+        [],
+        "Log and event lines dropped because the log writer was behind (logging never blocks)."
+    ),
+    family!(
         "pullwatch_decode_errors_total",
         Counter,
         ["message"],
@@ -275,6 +299,13 @@ fn gauge(reg: &Registry, name: &str) -> prometheus::Result<IntGaugeVec> {
     Ok(g)
 }
 
+fn plain_gauge(reg: &Registry, name: &str) -> prometheus::Result<prometheus::IntGauge> {
+    let (o, _) = opts(name);
+    let g = prometheus::IntGauge::with_opts(o)?;
+    reg.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 fn float_gauge(reg: &Registry, name: &str) -> prometheus::Result<GaugeVec> {
     let (o, l) = opts(name);
     let g = GaugeVec::new(o, l)?;
@@ -312,6 +343,14 @@ pub struct Metrics {
     pub cri_duration: HistogramVec,
     /// `pullwatch_decode_errors_total`
     pub decode_errors: IntCounterVec,
+    /// `pullwatch_interposer_connections_total`
+    pub interposer_connections: IntCounterVec,
+    /// `pullwatch_interposer_connections_open`
+    pub interposer_connections_open: prometheus::IntGauge,
+    /// `pullwatch_interposer_unobserved_connections_total`
+    pub interposer_unobserved: IntCounterVec,
+    /// `pullwatch_log_lines_dropped_total`
+    pub log_lines_dropped: prometheus::IntCounter,
     /// `pullwatch_label_overflow_total`
     pub label_overflow: IntCounterVec,
     /// `pullwatch_image_pull_bytes_in_flight`
@@ -376,6 +415,16 @@ impl Metrics {
                 &CRI_BUCKETS,
             )?,
             decode_errors: counter(&registry, "pullwatch_decode_errors_total")?,
+            interposer_connections: counter(&registry, "pullwatch_interposer_connections_total")?,
+            interposer_connections_open: plain_gauge(
+                &registry,
+                "pullwatch_interposer_connections_open",
+            )?,
+            interposer_unobserved: counter(
+                &registry,
+                "pullwatch_interposer_unobserved_connections_total",
+            )?,
+            log_lines_dropped: plain_counter(&registry, "pullwatch_log_lines_dropped_total")?,
             label_overflow: counter(&registry, "pullwatch_label_overflow_total")?,
             bytes_in_flight: gauge(&registry, "pullwatch_image_pull_bytes_in_flight")?,
             downloads_in_flight: gauge(&registry, "pullwatch_image_pull_downloads_in_flight")?,
@@ -413,6 +462,11 @@ impl Metrics {
 
     /// Renders the registry, then the image family, in the Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
+        let dropped = crate::logging::dropped_lines();
+        let counted = self.log_lines_dropped.get();
+        if dropped > counted {
+            self.log_lines_dropped.inc_by(dropped - counted);
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on families with inconsistent label sets, which the
         // typed handles above cannot produce.

@@ -378,6 +378,7 @@ impl ContainerdSource {
                 image_ref: String::new(),
             },
             source: Source::Containerd,
+            trace: None,
         })
     }
 }

@@ -1,51 +1,49 @@
-//! Observation of one proxied CRI call: its method, timing and final gRPC status, and for
+//! Observation of one relayed CRI call: its method, timing and final gRPC status, and for
 //! PullImage the decoded request (image, pod) and response (image ref), turned into a
 //! [`PullAttempt`] when the call ends, however it ends.
 
-use crate::core::attempt::{Outcome, PullAttempt, Source};
+use crate::core::attempt::{Outcome, PullAttempt, Source, TraceContext};
 use crate::core::reason::Reason;
 use crate::grpc::status::{self, GrpcStatus, code_name};
 use crate::grpc::timeout;
 use crate::recorder::{InFlight, Recorder};
+use crate::sources::cri_proxy::budget::Lease;
 use crate::sources::cri_proxy::decode::{self, ObservedPull};
 use crate::sources::cri_proxy::methods;
-use http::{HeaderMap, StatusCode};
-use std::sync::{Arc, Mutex};
+use crate::sources::cri_proxy::wire::Head;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;
 
 /// Largest PullImage request pullwatch buffers to decode (kubelet's are a few KiB; the CRI
-/// message limit is 16 MiB). Larger ones are forwarded untouched and counted as decode errors.
-const MAX_REQUEST_CAPTURE: usize = 4 << 20;
+/// message limit is 16 MiB). Larger ones are relayed untouched and counted as decode errors.
+pub const MAX_REQUEST_CAPTURE: usize = 4 << 20;
 /// Largest PullImage response buffered (it holds one string).
 const MAX_RESPONSE_CAPTURE: usize = 64 << 10;
 
-/// Bytes of a PullImage request collected as they stream to the runtime.
-pub(crate) struct PullCapture {
-    recorder: Arc<Recorder>,
+/// Bytes of a PullImage message collected as they are relayed, within a memory lease.
+struct Capture {
     buf: Vec<u8>,
+    lease: Lease,
+    limit: usize,
     overflow: bool,
-    observed: Option<Option<ObservedPull>>,
-    in_flight: Option<InFlight>,
 }
 
-impl PullCapture {
-    fn new(recorder: Arc<Recorder>) -> Self {
+impl Capture {
+    fn new(lease: Lease, limit: usize) -> Self {
         Self {
-            recorder,
             buf: Vec::new(),
+            lease,
+            limit,
             overflow: false,
-            observed: None,
-            in_flight: None,
         }
     }
 
-    /// Appends request bytes (until the cap).
-    pub(crate) fn push(&mut self, data: &[u8]) {
-        if self.observed.is_some() || self.overflow {
+    fn push(&mut self, data: &[u8]) {
+        if self.overflow || data.is_empty() {
             return;
         }
-        if self.buf.len() + data.len() > MAX_REQUEST_CAPTURE {
+        if self.buf.len() + data.len() > self.limit || !self.lease.grow(data.len()) {
             self.overflow = true;
             self.wipe();
         } else {
@@ -53,200 +51,214 @@ impl PullCapture {
         }
     }
 
-    /// Zeroes and frees the buffer: it may hold AuthConfig bytes.
+    /// Zeroes and frees the buffer: a request may hold AuthConfig bytes.
     fn wipe(&mut self) {
         self.buf.fill(0);
         self.buf = Vec::new();
+        self.lease.release();
     }
+}
 
-    /// Decodes the request (once) and starts counting the pull as in flight.
-    pub(crate) fn complete(&mut self) {
-        if self.observed.is_some() {
-            return;
-        }
-        let decoded = if self.overflow {
-            None
-        } else {
-            decode::pull_request(&self.buf)
-        };
-        self.wipe();
-        let observed = match decoded {
-            Some(o) => Some(o),
-            None => {
-                self.recorder
-                    .metrics()
-                    .decode_errors
-                    .with_label_values(&["pull_image_request"])
-                    .inc();
-                tracing::debug!("could not decode a PullImage request; forwarded unchanged");
-                None
-            }
-        };
-        let registry = observed
-            .as_ref()
-            .and_then(|o| o.reference.as_ref())
-            .map_or(crate::core::attempt::UNKNOWN_REGISTRY, |r| {
-                r.registry.as_str()
-            });
-        self.in_flight = Some(self.recorder.pull_started(registry));
-        self.observed = Some(observed);
-    }
+/// The PullImage part of a call.
+struct Pull {
+    request: Capture,
+    response: Capture,
+    /// The decoded request, once the request ended (`Some(None)`: not decodable).
+    observed: Option<Option<ObservedPull>>,
+    in_flight: Option<InFlight>,
 }
 
 /// How a call ended.
 pub(crate) enum End {
-    /// The response stream finished (status from trailers or headers).
+    /// The runtime ended the response (status from trailers or headers).
     Completed,
-    /// The runtime could not be reached or the connection to it failed.
-    RuntimeUnavailable(String),
+    /// The runtime reset the stream with this HTTP/2 error code.
+    RuntimeReset(u32),
+    /// The runtime's connection closed or failed before the call ended.
+    RuntimeGone(String),
+    /// The caller reset the stream or went away.
+    CallerGone,
 }
 
-/// One in-progress proxied call. Records itself exactly once: when finished, or when dropped
-/// (the caller went away, or its deadline passed).
+/// One call in progress. Records itself exactly once (or is discarded, when the runtime said
+/// it never processed it: the caller retries on a new stream).
 pub(crate) struct Call {
     recorder: Arc<Recorder>,
-    method: String,
+    method: &'static str,
     started: Instant,
     started_at: SystemTime,
     deadline: Option<Duration>,
-    pull: Option<Arc<Mutex<PullCapture>>>,
-    response: Vec<u8>,
-    http_status: StatusCode,
+    trace: Option<Box<TraceContext>>,
+    pull: Option<Pull>,
+    http_status: Option<u16>,
     status: Option<GrpcStatus>,
     finished: bool,
 }
 
-fn lock(c: &Mutex<PullCapture>) -> std::sync::MutexGuard<'_, PullCapture> {
-    c.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Call {
-    /// Starts observing a call to `path` with request headers `headers`.
-    pub(crate) fn new(recorder: Arc<Recorder>, path: &str, headers: &HeaderMap) -> Self {
-        let pull = methods::is_pull_image(path)
-            .then(|| Arc::new(Mutex::new(PullCapture::new(recorder.clone()))));
+    /// Starts observing a call from its request header block. `lease` is the memory budget of
+    /// the PullImage captures.
+    pub(crate) fn new(recorder: Arc<Recorder>, head: &Head, lease: impl Fn() -> Lease) -> Self {
+        let path = head.path.as_deref().unwrap_or("");
+        let pull = methods::is_pull_image(path).then(|| Pull {
+            request: Capture::new(lease(), MAX_REQUEST_CAPTURE),
+            response: Capture::new(lease(), MAX_RESPONSE_CAPTURE),
+            observed: None,
+            in_flight: None,
+        });
         Self {
-            method: methods::label(path).to_string(),
-            deadline: headers
-                .get("grpc-timeout")
-                .and_then(|v| v.to_str().ok())
-                .and_then(timeout::parse),
+            method: methods::label(path),
+            deadline: head.grpc_timeout.as_deref().and_then(timeout::parse),
+            trace: head
+                .traceparent
+                .as_deref()
+                .and_then(TraceContext::parse)
+                .map(Box::new),
             started: Instant::now(),
             started_at: SystemTime::now(),
             recorder,
             pull,
-            response: Vec::new(),
-            http_status: StatusCode::OK,
+            http_status: None,
             status: None,
             finished: false,
         }
     }
 
-    /// The request capture shared with the request body, for PullImage calls.
-    pub(crate) fn pull_capture(&self) -> Option<Arc<Mutex<PullCapture>>> {
-        self.pull.clone()
-    }
-
-    /// Notes the response head. A status in the headers means a trailers-only response: done.
-    pub(crate) fn on_response_head(&mut self, http_status: StatusCode, headers: &HeaderMap) {
-        self.http_status = http_status;
-        if let Some(s) = status::from_headers(headers) {
-            self.status = Some(s);
-            self.finish(End::Completed);
+    /// Request message bytes.
+    pub(crate) fn on_request_data(&mut self, data: &[u8]) {
+        if let Some(p) = &mut self.pull
+            && p.observed.is_none()
+        {
+            p.request.push(data);
         }
     }
 
-    /// Notes response bytes (kept only for PullImage).
-    pub(crate) fn on_data(&mut self, data: &[u8]) {
-        if self.pull.is_some() && self.response.len() + data.len() <= MAX_RESPONSE_CAPTURE {
-            self.response.extend_from_slice(data);
+    /// The caller finished its request: decode it (once) and count the pull as in flight.
+    pub(crate) fn on_request_end(&mut self) {
+        let Some(p) = &mut self.pull else { return };
+        if p.observed.is_some() {
+            return;
+        }
+        let decoded = if p.request.overflow {
+            None
+        } else {
+            decode::pull_request(&p.request.buf)
+        };
+        p.request.wipe();
+        if decoded.is_none() {
+            self.recorder
+                .metrics()
+                .decode_errors
+                .with_label_values(&["pull_image_request"])
+                .inc();
+            tracing::debug!("could not decode a PullImage request; relayed unchanged");
+        }
+        let registry = decoded
+            .as_ref()
+            .and_then(|o| o.reference.as_ref())
+            .map_or(crate::core::attempt::UNKNOWN_REGISTRY, |r| {
+                r.registry.as_str()
+            });
+        p.in_flight = Some(self.recorder.pull_started(registry));
+        p.observed = Some(decoded);
+    }
+
+    /// A response header block: the head first, trailers after. Returns whether the call ended
+    /// (a status arrived with the end of the stream).
+    pub(crate) fn on_response_headers(&mut self, head: &Head) {
+        if self.http_status.is_none() {
+            self.http_status = head.status.or(Some(200));
+        }
+        if let Some(code) = &head.grpc_status {
+            self.status = Some(status::from_raw(code, head.grpc_message.as_deref()));
         }
     }
 
-    /// Notes the response trailers.
-    pub(crate) fn on_trailers(&mut self, trailers: &HeaderMap) {
-        if let Some(s) = status::from_headers(trailers) {
-            self.status = Some(s);
+    /// Response message bytes.
+    pub(crate) fn on_response_data(&mut self, data: &[u8]) {
+        if let Some(p) = &mut self.pull {
+            p.response.push(data);
         }
     }
 
-    /// Whether the call has been recorded.
-    pub(crate) fn is_finished(&self) -> bool {
-        self.finished
+    /// Drops the call unrecorded: the runtime never processed it (REFUSED_STREAM, or a GOAWAY
+    /// below its stream id) and the caller's gRPC library retries it on a new stream.
+    pub(crate) fn discard(mut self) {
+        self.finished = true;
     }
 
     /// Records the call (once).
-    pub(crate) fn finish(&mut self, end: End) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
+    pub(crate) fn finish(mut self, end: End) {
+        self.finished = true;
         let duration = self.started.elapsed();
-        let (code, message, forced_reason) = match end {
+        let (code, message, forced) = match end {
             End::Completed => match &self.status {
                 Some(s) => (s.code, s.message.clone(), None),
-                None if self.http_status != StatusCode::OK => (
-                    status::code_from_http(self.http_status),
+                None => match self.http_status {
+                    Some(h) if h != 200 => (
+                        status::code_from_http_u16(h),
+                        format!("runtime answered HTTP {h} without grpc-status"),
+                        None,
+                    ),
+                    _ => (
+                        Code::Unknown,
+                        "response ended without grpc-status".to_string(),
+                        None,
+                    ),
+                },
+            },
+            End::RuntimeReset(h2) => {
+                let code = status::code_from_reset(h2);
+                (
+                    code,
                     format!(
-                        "runtime answered HTTP {} without grpc-status",
-                        self.http_status
+                        "stream reset by the runtime (HTTP/2 {})",
+                        status::reset_name(h2)
                     ),
                     None,
-                ),
-                None => (
-                    Code::Unknown,
-                    "response ended without grpc-status".to_string(),
-                    None,
-                ),
-            },
-            End::RuntimeUnavailable(msg) => {
-                (Code::Unavailable, msg, Some(Reason::RuntimeUnavailable))
+                )
+            }
+            End::RuntimeGone(msg) => (Code::Unavailable, msg, Some(Reason::RuntimeUnavailable)),
+            End::CallerGone => {
+                // A caller's deadline firing looks like a cancel from here; tell them apart by time.
+                match self.deadline {
+                    Some(d) if duration + Duration::from_millis(20) >= d => (
+                        Code::DeadlineExceeded,
+                        format!("deadline exceeded: the caller's deadline of {d:?} passed before the runtime answered (observed by pullwatch)"),
+                        None,
+                    ),
+                    _ => (
+                        Code::Cancelled,
+                        "context canceled: the caller went away before the runtime answered (observed by pullwatch)"
+                            .to_string(),
+                        None,
+                    ),
+                }
             }
         };
-        self.record(code, message, forced_reason, duration);
-    }
-
-    /// Records a call whose caller went away before it ended.
-    fn abandon(&mut self) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
-        let duration = self.started.elapsed();
-        // A caller's deadline firing looks like a cancel from here; tell them apart by time.
-        let (code, message) = match self.deadline {
-            Some(d) if duration + Duration::from_millis(20) >= d => (
-                Code::DeadlineExceeded,
-                format!("deadline exceeded: the caller's deadline of {d:?} passed before the runtime answered (observed by pullwatch)"),
-            ),
-            _ => (
-                Code::Cancelled,
-                "context canceled: the caller went away before the runtime answered (observed by pullwatch)"
-                    .to_string(),
-            ),
-        };
-        self.record(code, message, None, duration);
+        self.record(code, message, forced, duration);
     }
 
     fn record(&mut self, code: Code, message: String, forced: Option<Reason>, duration: Duration) {
         let metrics = self.recorder.metrics();
         metrics
             .cri_requests
-            .with_label_values(&[self.method.as_str(), code_name(code)])
+            .with_label_values(&[self.method, code_name(code)])
             .inc();
         metrics
             .cri_duration
-            .with_label_values(&[self.method.as_str()])
+            .with_label_values(&[self.method])
             .observe(duration.as_secs_f64());
-        let Some(capture) = self.pull.take() else {
+        if self.pull.is_none() {
             return;
-        };
-        let (observed, in_flight) = {
-            let mut c = lock(&capture);
-            c.complete();
-            (c.observed.clone().flatten(), c.in_flight.take())
+        }
+        self.on_request_end();
+        let Some(mut pull) = self.pull.take() else {
+            return;
         };
         let outcome = match (code, forced) {
             (Code::Ok, _) => Outcome::Success {
-                image_ref: self.decode_image_ref(),
+                image_ref: self.decode_image_ref(&pull.response),
             },
             (_, Some(reason)) => Outcome::Failure {
                 code,
@@ -255,7 +267,7 @@ impl Call {
             },
             _ => Outcome::failure(code, message),
         };
-        let observed = observed.unwrap_or(ObservedPull {
+        let observed = pull.observed.take().flatten().unwrap_or(ObservedPull {
             image: String::new(),
             reference: None,
             pod: None,
@@ -268,35 +280,40 @@ impl Call {
             duration: Some(duration),
             outcome,
             source: Source::CriProxy,
+            trace: self.trace.take(),
         };
         self.recorder.record(&attempt);
-        drop(in_flight);
+        drop(pull.in_flight.take());
     }
 
-    fn decode_image_ref(&self) -> String {
-        match decode::pull_response(&self.response) {
-            Some(r) => r,
-            None => {
-                self.recorder
-                    .metrics()
-                    .decode_errors
-                    .with_label_values(&["pull_image_response"])
-                    .inc();
-                String::new()
-            }
-        }
+    fn decode_image_ref(&self, response: &Capture) -> String {
+        let decoded = (!response.overflow)
+            .then(|| decode::pull_response(&response.buf))
+            .flatten();
+        decoded.unwrap_or_else(|| {
+            self.recorder
+                .metrics()
+                .decode_errors
+                .with_label_values(&["pull_image_response"])
+                .inc();
+            String::new()
+        })
     }
 }
 
 impl Drop for Call {
+    /// A call dropped unfinished was cut by pullwatch itself (its shutdown grace ran out):
+    /// the caller sees its connection close.
     fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        if self.status.is_some() {
-            self.finish(End::Completed);
-        } else {
-            self.abandon();
+        if !self.finished {
+            self.finished = true;
+            let duration = self.started.elapsed();
+            self.record(
+                Code::Unavailable,
+                "pullwatch stopped before the runtime answered (shutdown grace over)".into(),
+                Some(Reason::RuntimeUnavailable),
+                duration,
+            );
         }
     }
 }

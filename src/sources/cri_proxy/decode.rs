@@ -2,7 +2,7 @@
 //! credentials: see `ObservedPullImageRequest`) and a PullImage response (the image ref). Pure
 //! functions over the framed bytes, so they are fuzzed directly (`fuzz/`).
 
-use crate::core::attempt::PodRef;
+use crate::core::attempt::{MAX_IMAGE_LEN, PodRef, truncate};
 use crate::core::reference::ImageRef;
 use crate::cri::{ObservedPullImageRequest, PullImageResponse};
 use crate::grpc::frame;
@@ -23,18 +23,24 @@ pub struct ObservedPull {
 /// protobuf). The caller forwards the bytes unchanged either way.
 pub fn pull_request(framed: &[u8]) -> Option<ObservedPull> {
     let req = ObservedPullImageRequest::decode(frame::first_message(framed).ok()?).ok()?;
-    let image = req.image.map(|i| i.image).unwrap_or_default();
+    let mut image = req.image.map(|i| i.image).unwrap_or_default();
+    // Parsed whole (an overlong reference is invalid), then cut for labels and logs.
+    let reference = ImageRef::parse(&image).ok();
+    truncate(&mut image, MAX_IMAGE_LEN);
     let pod = req
         .sandbox_config
         .and_then(|c| c.metadata)
         .filter(|m| !(m.name.is_empty() && m.namespace.is_empty() && m.uid.is_empty()))
-        .map(|m| PodRef {
-            namespace: m.namespace,
-            name: m.name,
-            uid: m.uid,
+        .map(|m| {
+            PodRef {
+                namespace: m.namespace,
+                name: m.name,
+                uid: m.uid,
+            }
+            .bounded()
         });
     Some(ObservedPull {
-        reference: ImageRef::parse(&image).ok(),
+        reference,
         image,
         pod,
     })

@@ -75,8 +75,8 @@ fn known() -> &'static HashSet<String> {
 }
 
 /// The `method` label for a request path: the path itself if it is a known CRI method.
-pub fn label(path: &str) -> &str {
-    if known().contains(path) { path } else { OTHER }
+pub fn label(path: &str) -> &'static str {
+    known().get(path).map_or(OTHER, String::as_str)
 }
 
 /// Whether the path is CRI's PullImage (any API version).

@@ -1,29 +1,38 @@
-//! The CRI interposer: a transparent HTTP/2 gRPC proxy on a unix socket in front of the runtime's
-//! CRI socket. Every call (known or not, unary or streaming) is forwarded with its headers, body
-//! frames and trailers unchanged; only PullImage bodies are additionally decoded, to time and
-//! classify each pull. If pullwatch cannot reach the runtime, callers get a prompt UNAVAILABLE.
+//! The CRI interposer: a byte relay on a unix socket in front of the runtime's CRI socket, with a
+//! passive HTTP/2 observer on a copy of each direction.
+//!
+//! Each caller connection gets its own runtime connection, and bytes are copied both ways
+//! unchanged as they arrive ([`relay`]): settings, flow control, pings, GOAWAY, stream limits
+//! and every header are the caller's and the runtime's own, so pullwatch is never stricter than
+//! the runtime and one caller can never hold another's window. After each piece is forwarded,
+//! the [`observer`] reads it ([`wire`]: frames and HPACK) to time and classify calls
+//! ([`call`]); when it cannot follow a connection it stops observing it, and the relay goes on.
+//! If the runtime socket cannot be reached, the caller's connection is closed at once, as the
+//! runtime's own socket would refuse it.
 
-mod body;
+pub mod budget;
 mod call;
 pub mod decode;
+pub mod loop_guard;
 pub mod methods;
+pub mod observer;
+pub mod relay;
 pub mod socket;
-pub mod upstream;
+pub mod wire;
 
-use crate::grpc::status::trailers_only;
 use crate::recorder::Recorder;
-use body::{RequestBody, ResponseBody};
-use call::{Call, End};
-use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
+use budget::Budget;
+use observer::ConnectionObserver;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::Code;
-use upstream::{CONNECTION_WINDOW, MAX_HEADER_LIST_SIZE, STREAM_WINDOW, Upstream};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use wire::Side;
+
+/// Label value of the interposer in `pullwatch_runtime_up`.
+pub const SOURCE: &str = "cri_proxy";
 
 /// Interposer settings.
 #[derive(Debug, Clone)]
@@ -45,78 +54,179 @@ pub struct ProxyConfig {
 /// The running interposer.
 pub struct CriProxy {
     recorder: Arc<Recorder>,
-    upstream: Upstream<RequestBody>,
+    runtime_socket: PathBuf,
+    connect_timeout: Duration,
+    budget: Arc<Budget>,
+}
+
+impl Tap for Mutex<ConnectionObserver> {
+    fn bytes(&self, side: Side, bytes: &[u8]) {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(side, bytes);
+    }
+}
+
+use relay::Tap;
+
+/// Counts a relayed connection in `pullwatch_interposer_connections_open` while it lives (also
+/// when its task is cut at the end of the shutdown grace).
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(recorder: &Recorder) -> Self {
+        let g = recorder.metrics().interposer_connections_open.clone();
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// `result` label values of `pullwatch_interposer_connections_total`.
+pub mod result {
+    /// Relayed to the runtime.
+    pub const RELAYED: &str = "relayed";
+    /// The runtime socket could not be reached; the caller's connection was closed.
+    pub const RUNTIME_UNREACHABLE: &str = "runtime_unreachable";
+    /// The runtime socket led back to pullwatch itself; closed.
+    pub const SELF_LOOP: &str = "self_loop";
 }
 
 impl CriProxy {
-    /// An interposer forwarding to `config.runtime_socket`, recording into `recorder`.
+    /// An interposer relaying to `config.runtime_socket`, recording into `recorder`.
     pub fn new(config: &ProxyConfig, recorder: Arc<Recorder>) -> Self {
         Self {
             recorder,
-            upstream: Upstream::new(&config.runtime_socket, config.connect_timeout),
+            runtime_socket: config.runtime_socket.clone(),
+            connect_timeout: config.connect_timeout,
+            budget: Budget::new(budget::TOTAL),
         }
     }
 
-    /// Forwards one call and observes it.
-    async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
-        let mut call = Call::new(self.recorder.clone(), req.uri().path(), req.headers());
-        let (mut parts, body) = req.into_parts();
-        parts.uri = upstream_uri(parts.uri);
-        let req = Request::from_parts(parts, RequestBody::new(body, call.pull_capture()));
-        match self.upstream.send(req).await {
-            Ok(resp) => {
-                call.on_response_head(resp.status(), resp.headers());
-                let (parts, body) = resp.into_parts();
-                Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::upstream(body, call),
-                ))
-            }
-            Err(e) => {
-                let msg = format!("pullwatch: container runtime unavailable: {e}");
-                tracing::warn!(runtime = %self.upstream.path().display(), error = %e, "forwarding failed");
-                call.finish(End::RuntimeUnavailable(msg.clone()));
-                Ok(trailers_only(Code::Unavailable, &msg))
-            }
-        }
+    fn count(&self, result: &str) {
+        self.recorder
+            .metrics()
+            .interposer_connections
+            .with_label_values(&[result])
+            .inc();
     }
 
-    /// Accepts connections on `listener` until `shutdown` resolves, then lets in-flight calls
-    /// finish for up to `grace`.
+    fn runtime_up(&self, up: bool) {
+        self.recorder
+            .metrics()
+            .runtime_up
+            .with_label_values(&[SOURCE])
+            .set(i64::from(up));
+    }
+
+    /// Opens the runtime connection for one caller connection.
+    async fn connect(&self) -> Option<UnixStream> {
+        let connected = tokio::time::timeout(
+            self.connect_timeout,
+            UnixStream::connect(&self.runtime_socket),
+        )
+        .await;
+        let stream = match connected {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(runtime = %self.runtime_socket.display(), error = %e, "runtime socket unreachable; closing the caller's connection");
+                self.runtime_up(false);
+                self.count(result::RUNTIME_UNREACHABLE);
+                return None;
+            }
+            Err(_) => {
+                tracing::warn!(runtime = %self.runtime_socket.display(), timeout = ?self.connect_timeout, "connecting to the runtime socket timed out; closing the caller's connection");
+                self.runtime_up(false);
+                self.count(result::RUNTIME_UNREACHABLE);
+                return None;
+            }
+        };
+        let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+        if peer.is_some_and(|p| u32::try_from(p).ok() == Some(std::process::id())) {
+            tracing::error!(runtime = %self.runtime_socket.display(), "the runtime socket leads back to pullwatch itself; closing the connection");
+            self.count(result::SELF_LOOP);
+            return None;
+        }
+        self.runtime_up(true);
+        Some(stream)
+    }
+
+    /// Relays and observes one caller connection. After `stop` flips, the connection is closed
+    /// as soon as it has no call open (or when the shutdown grace ends, see [`Self::serve`]).
+    async fn connection(self: Arc<Self>, caller: UnixStream, mut stop: watch::Receiver<bool>) {
+        let Some(runtime) = self.connect().await else {
+            return; // dropping `caller` closes it, as a refused connect would
+        };
+        self.count(result::RELAYED);
+        let _open = OpenConnection::new(&self.recorder);
+        let observer = Mutex::new(ConnectionObserver::new(
+            self.recorder.clone(),
+            self.budget.clone(),
+        ));
+        let drained = async {
+            let _ = stop.wait_for(|s| *s).await;
+            loop {
+                if observer.lock().map(|o| o.is_idle()).unwrap_or(false) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let first = tokio::select! {
+            first = relay::relay(caller, runtime, &observer) => first,
+            () = drained => Side::Caller,
+        };
+        observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closed(first);
+    }
+
+    /// Accepts connections on `listener` until `shutdown` resolves, then lets open calls finish
+    /// for up to `grace` and closes what is left.
     pub async fn serve(
         self: Arc<Self>,
-        listener: &tokio::net::UnixListener,
+        listener: &UnixListener,
         shutdown: impl std::future::Future<Output = ()>,
         grace: Duration,
     ) {
-        let accept = || async { listener.accept().await.map(|(stream, _)| stream) };
-        let serve = |stream| {
-            let proxy = self.clone();
-            let service = hyper::service::service_fn(move |req| proxy.clone().handle(req));
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                // Transparent: the runtime's response headers only, no `date` added by hyper.
-                .auto_date_header(false)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .initial_stream_window_size(STREAM_WINDOW)
-                .max_header_list_size(MAX_HEADER_LIST_SIZE)
-                .max_concurrent_streams(None)
-                .serve_connection(TokioIo::new(stream), service)
-        };
-        crate::server::accept_loop("cri_proxy", accept, shutdown, grace, serve).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        conns.spawn(self.clone().connection(stream, stop_rx.clone()));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::error!(error = %e, "interposer: accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        let _ = stop_tx.send(true);
+        tracing::info!(
+            connections = conns.len(),
+            "interposer stopped accepting; letting open calls finish"
+        );
+        let drain = async { while conns.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                connections = conns.len(),
+                "open calls did not finish within the grace period; closing their connections"
+            );
+            conns.shutdown().await;
+        }
     }
-}
-
-/// HTTP/2 needs `:scheme` and `:authority`; keep the caller's authority, default `localhost`.
-fn upstream_uri(uri: Uri) -> Uri {
-    let mut parts = uri.into_parts();
-    if parts.scheme.is_none() {
-        parts.scheme = Some(Scheme::HTTP);
-    }
-    if parts.authority.is_none() {
-        parts.authority = Some(Authority::from_static("localhost"));
-    }
-    Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("http://localhost/"))
 }

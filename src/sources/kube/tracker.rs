@@ -450,6 +450,7 @@ fn attempt(
         duration,
         outcome,
         source: Source::Kube,
+        trace: None,
     }
 }
 

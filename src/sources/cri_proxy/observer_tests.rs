@@ -1,0 +1,254 @@
+//! The observer over recorded-style byte streams of whole calls: what it records for each way a
+//! call can end, and that it gives up cleanly.
+
+use super::*;
+use crate::cri::{
+    ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest, PullImageResponse,
+};
+use crate::grpc::frame::encode;
+use crate::recorder::RecorderConfig;
+use crate::sources::cri_proxy::wire::tests::build::*;
+use prost::Message;
+
+const PULL: &str = "/runtime.v1.ImageService/PullImage";
+const HEADERS: u8 = 0x1;
+const DATA: u8 = 0x0;
+const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn observer() -> (ConnectionObserver, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::new(&RecorderConfig::default()).unwrap());
+    let o = ConnectionObserver::new(recorder.clone(), Budget::new(budget::TOTAL));
+    (o, recorder)
+}
+
+fn pull_request(image: &str) -> Vec<u8> {
+    encode(
+        &PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(PodSandboxConfig {
+                metadata: Some(PodSandboxMetadata {
+                    name: "web-1".into(),
+                    namespace: "shop".into(),
+                    uid: "u-1".into(),
+                    attempt: 0,
+                }),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    )
+}
+
+/// A caller's PullImage on `stream` (after the opening when `open`).
+fn pull_call(stream: u32, image: &str, open: bool, extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut s = if open { caller_open() } else { Vec::new() };
+    s.extend(frame(HEADERS, END_HEADERS, stream, &request(PULL, extra)));
+    let body = pull_request(image);
+    let (a, b) = body.split_at(body.len() / 2);
+    s.extend(frame(DATA, 0, stream, a));
+    s.extend(frame(DATA, END_STREAM, stream, b));
+    s
+}
+
+fn runtime_open() -> Vec<u8> {
+    frame(0x4, 0, 0, &[])
+}
+
+fn count(r: &Recorder, method: &str, code: &str) -> u64 {
+    r.metrics()
+        .cri_requests
+        .with_label_values(&[method, code])
+        .get()
+}
+
+fn pulls(r: &Recorder, registry: &str, result: &str) -> u64 {
+    r.metrics()
+        .pulls
+        .with_label_values(&[registry, result])
+        .get()
+}
+
+#[test]
+fn a_pull_is_recorded_with_its_pod_image_ref_and_trace() {
+    let (mut o, r) = observer();
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    o.observe(
+        Side::Caller,
+        &pull_call(
+            1,
+            "reg.example:5000/team/app:1",
+            true,
+            &[("traceparent", trace)],
+        ),
+    );
+    assert_eq!(
+        r.metrics()
+            .in_flight
+            .with_label_values(&["reg.example:5000"])
+            .get(),
+        1
+    );
+    let mut s = runtime_open();
+    s.extend(frame(HEADERS, END_HEADERS, 1, &response(&[])));
+    let reply = encode(
+        &PullImageResponse {
+            image_ref: "sha256:abc".into(),
+        }
+        .encode_to_vec(),
+    );
+    s.extend(frame(DATA, 0, 1, &reply));
+    s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &response(&[("grpc-status", "0")]),
+    ));
+    o.observe(Side::Runtime, &s);
+    assert!(o.is_idle());
+    assert_eq!(count(&r, PULL, "OK"), 1);
+    assert_eq!(pulls(&r, "reg.example:5000", "success"), 1);
+    assert_eq!(
+        r.metrics()
+            .in_flight
+            .with_label_values(&["reg.example:5000"])
+            .get(),
+        0
+    );
+}
+
+#[test]
+fn failures_resets_cancels_and_unprocessed_streams() {
+    let (mut o, r) = observer();
+    let mut c = caller_open();
+    for (stream, image) in [
+        (1, "a.io/x:1"),
+        (3, "b.io/x:1"),
+        (5, "c.io/x:1"),
+        (7, "d.io/x:1"),
+    ] {
+        c.extend(pull_call(stream, image, false, &[("grpc-timeout", "60S")]));
+    }
+    o.observe(Side::Caller, &c);
+    let mut s = runtime_open();
+    // 1: trailers-only NotFound; 3: reset by the runtime; 5: refused (never processed).
+    s.extend(frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        1,
+        &response(&[
+            ("grpc-status", "5"),
+            ("grpc-message", "a.io/x:1%3A not found"),
+        ]),
+    ));
+    s.extend(frame(RST_STREAM, 0, 3, &2u32.to_be_bytes()));
+    s.extend(frame(RST_STREAM, 0, 5, &7u32.to_be_bytes()));
+    o.observe(Side::Runtime, &s);
+    // 7: the caller cancels.
+    o.observe(Side::Caller, &frame(RST_STREAM, 0, 7, &8u32.to_be_bytes()));
+    assert!(o.is_idle());
+    assert_eq!(count(&r, PULL, "NOT_FOUND"), 1);
+    assert_eq!(count(&r, PULL, "INTERNAL"), 1);
+    assert_eq!(count(&r, PULL, "CANCELLED"), 1);
+    assert_eq!(count(&r, PULL, "UNAVAILABLE"), 0, "refused: not recorded");
+    let failures =
+        |reg: &str, reason: &str| r.metrics().failures.with_label_values(&[reg, reason]).get();
+    assert_eq!(failures("a.io", "not_found"), 1);
+    assert_eq!(failures("d.io", "canceled"), 1);
+    assert_eq!(pulls(&r, "c.io", "failure"), 0);
+}
+
+#[test]
+fn goaway_drops_unprocessed_calls_and_a_dead_runtime_fails_the_rest() {
+    let (mut o, r) = observer();
+    let mut c = caller_open();
+    c.extend(pull_call(1, "a.io/x:1", false, &[]));
+    c.extend(pull_call(3, "b.io/x:1", false, &[]));
+    o.observe(Side::Caller, &c);
+    let mut g = 1u32.to_be_bytes().to_vec();
+    g.extend_from_slice(&0u32.to_be_bytes());
+    o.observe(
+        Side::Runtime,
+        &[runtime_open(), frame(GOAWAY, 0, 0, &g)].concat(),
+    );
+    assert!(!o.is_idle(), "stream 1 is still being processed");
+    o.closed(Side::Runtime);
+    assert_eq!(
+        pulls(&r, "b.io", "failure"),
+        0,
+        "stream 3 was never processed"
+    );
+    assert_eq!(
+        r.metrics()
+            .failures
+            .with_label_values(&["a.io", "runtime_unavailable"])
+            .get(),
+        1
+    );
+    assert_eq!(count(&r, PULL, "UNAVAILABLE"), 1);
+}
+
+#[test]
+fn caller_going_away_is_a_cancel_and_a_passed_deadline_a_timeout() {
+    let (mut o, r) = observer();
+    let mut c = caller_open();
+    c.extend(pull_call(1, "a.io/x:1", false, &[("grpc-timeout", "1n")]));
+    c.extend(pull_call(3, "b.io/x:1", false, &[]));
+    o.observe(Side::Caller, &c);
+    o.closed(Side::Caller);
+    assert_eq!(count(&r, PULL, "DEADLINE_EXCEEDED"), 1);
+    assert_eq!(count(&r, PULL, "CANCELLED"), 1);
+}
+
+#[test]
+fn an_unobservable_connection_is_counted_once_and_never_idle() {
+    let (mut o, r) = observer();
+    o.observe(Side::Caller, &pull_call(1, "a.io/x:1", true, &[]));
+    o.observe(
+        Side::Runtime,
+        &[
+            runtime_open(),
+            frame(HEADERS, END_HEADERS, 1, &[0xff, 0x7f]),
+        ]
+        .concat(),
+    );
+    assert!(!o.is_observing() && !o.is_idle());
+    o.observe(Side::Caller, b"anything at all");
+    o.closed(Side::Runtime);
+    let unobserved = |cause: &str| {
+        r.metrics()
+            .interposer_unobserved
+            .with_label_values(&[cause])
+            .get()
+    };
+    assert_eq!(unobserved("hpack"), 1);
+    assert_eq!(unobserved("protocol"), 0);
+    // The call it could no longer follow is neither a success nor a failure.
+    assert_eq!(count(&r, PULL, "UNAVAILABLE") + count(&r, PULL, "OK"), 0);
+    assert_eq!(r.metrics().in_flight.with_label_values(&["a.io"]).get(), 0);
+}
+
+#[test]
+fn oversized_pull_requests_are_decode_errors_within_the_budget() {
+    let recorder = Arc::new(Recorder::new(&RecorderConfig::default()).unwrap());
+    let total = Budget::new(1000);
+    let mut o = ConnectionObserver::new(recorder.clone(), total.clone());
+    let image = "a".repeat(2000);
+    o.observe(Side::Caller, &pull_call(1, &image, true, &[]));
+    assert_eq!(total.used(), 0, "the capture over budget was dropped");
+    assert_eq!(
+        recorder
+            .metrics()
+            .decode_errors
+            .with_label_values(&["pull_image_request"])
+            .get(),
+        1
+    );
+    o.closed(Side::Caller);
+    assert_eq!(pulls(&recorder, "unknown", "failure"), 1);
+}

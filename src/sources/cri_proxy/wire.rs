@@ -1,0 +1,605 @@
+//! A passive HTTP/2 reader for one direction of one relayed connection. It is fed the bytes the
+//! relay already forwarded, in whatever pieces they arrived, and turns them into the few
+//! [`Event`]s the interposer observes: request and response header blocks (only the fields
+//! pullwatch reads), DATA payloads, RST_STREAM and GOAWAY. It never buffers DATA, keeps its own
+//! HPACK dynamic table (every header block is decoded, wanted or not, so the table never drifts),
+//! and is lenient where a peer is the judge: it enforces nothing and answers nothing. Anything it
+//! does not understand, or that would take more memory than its limits, ends observation with an
+//! [`Unobservable`] cause; the bytes were forwarded before it looked at them.
+
+use loona_hpack::Decoder;
+use std::borrow::Cow;
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Frame header length.
+const FRAME_HEADER_LEN: usize = 9;
+/// Largest header block (HEADERS/PUSH_PROMISE plus CONTINUATIONs) buffered for decoding. grpc-go
+/// and containerd send a few hundred bytes; a larger block ends observation, never the call.
+pub const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// Largest HPACK dynamic table the observer keeps per direction (peers default to 4 KiB).
+pub const MAX_HPACK_TABLE: usize = 64 << 10;
+/// Longest value kept of a header the interposer reads (`grpc-message` can be a long error).
+const MAX_VALUE: usize = 16 << 10;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PUSH_PROMISE: u8 = 0x5;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const PRIORITY: u8 = 0x20;
+
+/// Who sent the bytes of a direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller (kubelet, crictl, ...): the HTTP/2 client.
+    Caller,
+    /// The container runtime: the HTTP/2 server.
+    Runtime,
+}
+
+impl Side {
+    /// The other direction.
+    pub fn other(self) -> Self {
+        match self {
+            Side::Caller => Side::Runtime,
+            Side::Runtime => Side::Caller,
+        }
+    }
+}
+
+/// The header fields of one block that the interposer reads; all others are decoded (for the
+/// HPACK table) and dropped. Values are kept raw, bounded in length.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// `:path` (requests).
+    pub path: Option<String>,
+    /// `:status` (responses).
+    pub status: Option<u16>,
+    /// `grpc-timeout` (requests).
+    pub grpc_timeout: Option<String>,
+    /// `traceparent` (requests; W3C trace context, sent by kubelet when its tracing is on).
+    pub traceparent: Option<String>,
+    /// `grpc-status` (responses and trailers).
+    pub grpc_status: Option<String>,
+    /// `grpc-message`, still percent-encoded.
+    pub grpc_message: Option<Vec<u8>>,
+}
+
+impl Head {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        let text = || String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE)]).into_owned();
+        match name {
+            b":path" => self.path = Some(text()),
+            b":status" => {
+                self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
+            }
+            b"grpc-timeout" => self.grpc_timeout = Some(text()),
+            b"traceparent" => self.traceparent = Some(text()),
+            b"grpc-status" => self.grpc_status = Some(text()),
+            b"grpc-message" => {
+                self.grpc_message = Some(value[..value.len().min(MAX_VALUE)].to_vec());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What one direction says, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete header block (HEADERS plus CONTINUATIONs).
+    Headers {
+        /// Stream.
+        stream: u32,
+        /// The fields pullwatch reads.
+        head: Head,
+        /// The block ends the sender's side of the stream (trailers, or a trailers-only answer).
+        end_stream: bool,
+    },
+    /// Payload bytes of a DATA frame (padding removed), as they arrive; a frame carrying
+    /// END_STREAM ends with an event whose `end_stream` is set (its `data` may be empty).
+    Data {
+        /// Stream.
+        stream: u32,
+        /// Payload piece.
+        data: &'a [u8],
+        /// The sender's side of the stream ends here.
+        end_stream: bool,
+    },
+    /// RST_STREAM.
+    Reset {
+        /// Stream.
+        stream: u32,
+        /// HTTP/2 error code.
+        code: u32,
+    },
+    /// GOAWAY: streams above `last_stream` were not (and will not be) processed by the sender.
+    GoAway {
+        /// Highest stream the sender processed or may still process.
+        last_stream: u32,
+        /// HTTP/2 error code.
+        code: u32,
+    },
+}
+
+/// Why a connection cannot be observed (it is still relayed, unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unobservable {
+    /// The caller did not open with the HTTP/2 preface.
+    #[error("the caller did not send the HTTP/2 connection preface")]
+    NotHttp2,
+    /// A frame or frame sequence the observer does not understand.
+    #[error("HTTP/2 frames not understood: {0}")]
+    Protocol(&'static str),
+    /// A header block that does not decode against the observer's HPACK table.
+    #[error("HPACK decoding failed: {0}")]
+    Hpack(String),
+    /// The observer's memory or stream limits.
+    #[error("over the observer's limits: {0}")]
+    Limit(&'static str),
+}
+
+impl Unobservable {
+    /// The bounded `cause` label.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Unobservable::NotHttp2 => "not_http2",
+            Unobservable::Protocol(_) => "protocol",
+            Unobservable::Hpack(_) => "hpack",
+            Unobservable::Limit(_) => "limit",
+        }
+    }
+
+    /// Every cause label.
+    pub const CAUSES: [&'static str; 4] = ["not_http2", "protocol", "hpack", "limit"];
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FrameHead {
+    len: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl FrameHead {
+    fn parse(b: &[u8; FRAME_HEADER_LEN]) -> Self {
+        Self {
+            len: usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]),
+            kind: b[3],
+            flags: b[4],
+            stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
+        }
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+enum State {
+    /// Matching the client preface; `usize` bytes matched so far.
+    Preface(usize),
+    /// Reading a frame header.
+    FrameHeader {
+        buf: [u8; FRAME_HEADER_LEN],
+        have: usize,
+    },
+    /// Collecting a frame's payload (its first `keep` bytes; the rest is skipped).
+    Collect {
+        frame: FrameHead,
+        left: usize,
+        keep: usize,
+    },
+    /// Waiting for the pad length of a padded DATA frame.
+    DataPadLength { frame: FrameHead, left: usize },
+    /// Passing DATA payload through as events; `pad` bytes of padding follow it.
+    Data {
+        frame: FrameHead,
+        left: usize,
+        pad: usize,
+    },
+    /// Skipping the rest of a frame; `data_end` is a DATA frame whose END_STREAM is still due.
+    Skip {
+        left: usize,
+        data_end: Option<FrameHead>,
+    },
+    /// Observation ended.
+    Failed,
+}
+
+/// The open header block: HEADERS or PUSH_PROMISE awaiting CONTINUATIONs.
+struct Block {
+    stream: u32,
+    end_stream: bool,
+    push: bool,
+    fragment: Vec<u8>,
+}
+
+/// One direction's reader.
+pub struct Reader {
+    side: Side,
+    state: State,
+    seen_settings: bool,
+    hpack: Decoder<'static>,
+    payload: Vec<u8>,
+    block: Option<Block>,
+}
+
+impl Reader {
+    /// A reader for the bytes `side` sends, from the first byte of the connection.
+    pub fn new(side: Side) -> Self {
+        let mut hpack = Decoder::new();
+        hpack.set_max_allowed_table_size(MAX_HPACK_TABLE);
+        Self {
+            side,
+            state: match side {
+                Side::Caller => State::Preface(0),
+                Side::Runtime => State::FrameHeader {
+                    buf: [0; FRAME_HEADER_LEN],
+                    have: 0,
+                },
+            },
+            seen_settings: false,
+            hpack,
+            payload: Vec::new(),
+            block: None,
+        }
+    }
+
+    /// Whether the reader stands between two frames (nothing of a frame is pending), so bytes
+    /// of one's own could be inserted here without breaking the stream.
+    pub fn at_frame_boundary(&self) -> bool {
+        matches!(self.state, State::FrameHeader { have: 0, .. }) && self.block.is_none()
+    }
+
+    /// Bytes the reader holds for an unfinished frame or header block.
+    pub fn buffered(&self) -> usize {
+        self.payload.capacity() + self.block.as_ref().map_or(0, |b| b.fragment.capacity())
+    }
+
+    /// Reads `bytes`, calling `on` for each event. After an error the reader ignores all input.
+    pub fn feed(
+        &mut self,
+        mut bytes: &[u8],
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Unobservable> {
+        while !bytes.is_empty() {
+            match self.step(&mut bytes, on) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.state = State::Failed;
+                    self.payload = Vec::new();
+                    self.block = None;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        bytes: &mut &[u8],
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Unobservable> {
+        match &mut self.state {
+            State::Failed => *bytes = &[],
+            State::Preface(matched) => {
+                let n = (PREFACE.len() - *matched).min(bytes.len());
+                if bytes[..n] != PREFACE[*matched..*matched + n] {
+                    return Err(Unobservable::NotHttp2);
+                }
+                *matched += n;
+                *bytes = &bytes[n..];
+                if *matched == PREFACE.len() {
+                    self.state = State::FrameHeader {
+                        buf: [0; FRAME_HEADER_LEN],
+                        have: 0,
+                    };
+                }
+            }
+            State::FrameHeader { buf, have } => {
+                let n = (FRAME_HEADER_LEN - *have).min(bytes.len());
+                buf[*have..*have + n].copy_from_slice(&bytes[..n]);
+                *have += n;
+                *bytes = &bytes[n..];
+                if *have == FRAME_HEADER_LEN {
+                    let frame = FrameHead::parse(buf);
+                    self.begin(frame, on)?;
+                }
+            }
+            State::Collect { frame, left, keep } => {
+                let n = (*left).min(bytes.len());
+                let wanted = (*keep).saturating_sub(self.payload.len()).min(n);
+                self.payload.extend_from_slice(&bytes[..wanted]);
+                *left -= n;
+                *bytes = &bytes[n..];
+                if *left == 0 {
+                    let frame = *frame;
+                    self.next_frame();
+                    self.collected(frame, on)?;
+                }
+            }
+            State::DataPadLength { frame, left } => {
+                let pad = usize::from(bytes[0]);
+                *bytes = &bytes[1..];
+                let left = *left - 1;
+                if pad > left {
+                    return Err(Unobservable::Protocol("DATA padding longer than the frame"));
+                }
+                let frame = *frame;
+                self.state = State::Data {
+                    frame,
+                    left: left - pad,
+                    pad,
+                };
+                self.data_done_if_empty(on);
+            }
+            State::Data { frame, left, .. } => {
+                let n = (*left).min(bytes.len());
+                *left -= n;
+                let frame = *frame;
+                on(Event::Data {
+                    stream: frame.stream,
+                    data: &bytes[..n],
+                    end_stream: false,
+                });
+                *bytes = &bytes[n..];
+                self.data_done_if_empty(on);
+            }
+            State::Skip { left, data_end } => {
+                let n = (*left).min(bytes.len());
+                *left -= n;
+                *bytes = &bytes[n..];
+                if *left == 0 {
+                    let data_end = data_end.take();
+                    self.next_frame();
+                    if let Some(frame) = data_end {
+                        end_data(frame, on);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_frame(&mut self) {
+        self.state = State::FrameHeader {
+            buf: [0; FRAME_HEADER_LEN],
+            have: 0,
+        };
+    }
+
+    /// Moves past a DATA frame's payload once it is all passed on.
+    fn data_done_if_empty(&mut self, on: &mut impl FnMut(Event<'_>)) {
+        if let State::Data {
+            frame,
+            left: 0,
+            pad,
+        } = self.state
+        {
+            if pad > 0 {
+                self.state = State::Skip {
+                    left: pad,
+                    data_end: Some(frame),
+                };
+            } else {
+                self.next_frame();
+                end_data(frame, on);
+            }
+        }
+    }
+
+    /// A frame header was read: decide what to do with its payload.
+    fn begin(
+        &mut self,
+        frame: FrameHead,
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Unobservable> {
+        if !self.seen_settings {
+            if frame.kind != SETTINGS {
+                return Err(Unobservable::Protocol("the first frame is not SETTINGS"));
+            }
+            self.seen_settings = true;
+        }
+        if let Some(block) = &self.block
+            && (frame.kind != CONTINUATION || frame.stream != block.stream)
+        {
+            return Err(Unobservable::Protocol(
+                "a header block interrupted by another frame",
+            ));
+        }
+        let needs_stream = matches!(
+            frame.kind,
+            DATA | HEADERS | RST_STREAM | PUSH_PROMISE | CONTINUATION
+        );
+        if needs_stream && frame.stream == 0 {
+            return Err(Unobservable::Protocol("a stream frame on stream 0"));
+        }
+        let collect = |keep: usize| State::Collect {
+            frame,
+            left: frame.len,
+            keep,
+        };
+        self.state = match frame.kind {
+            DATA if frame.has(PADDED) => {
+                if frame.len == 0 {
+                    return Err(Unobservable::Protocol("padded DATA without a pad length"));
+                }
+                State::DataPadLength {
+                    frame,
+                    left: frame.len,
+                }
+            }
+            DATA => State::Data {
+                frame,
+                left: frame.len,
+                pad: 0,
+            },
+            HEADERS | PUSH_PROMISE | CONTINUATION => {
+                let held = self.block.as_ref().map_or(0, |b| b.fragment.len());
+                if held + frame.len > MAX_HEADER_BLOCK {
+                    return Err(Unobservable::Limit("header block"));
+                }
+                collect(frame.len)
+            }
+            RST_STREAM => collect(4),
+            GOAWAY => collect(8),
+            _ => State::Skip {
+                left: frame.len,
+                data_end: None,
+            },
+        };
+        // Zero-length payloads complete at once.
+        match self.state {
+            State::Collect { left: 0, .. } => {
+                self.next_frame();
+                self.collected(frame, on)?;
+            }
+            State::Data { left: 0, .. } => self.data_done_if_empty(on),
+            State::Skip { left: 0, .. } => self.next_frame(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A collected frame is complete in `self.payload`.
+    fn collected(
+        &mut self,
+        frame: FrameHead,
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Unobservable> {
+        let payload = std::mem::take(&mut self.payload);
+        let result = self.handle(frame, &payload, on);
+        // Keep a small buffer for the next frame; give large ones back.
+        if payload.capacity() <= 16 << 10 {
+            self.payload = payload;
+            self.payload.clear();
+        }
+        result
+    }
+
+    fn handle(
+        &mut self,
+        frame: FrameHead,
+        p: &[u8],
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Unobservable> {
+        match frame.kind {
+            RST_STREAM => {
+                let code = be32(p).ok_or(Unobservable::Protocol("short RST_STREAM"))?;
+                on(Event::Reset {
+                    stream: frame.stream,
+                    code,
+                });
+            }
+            GOAWAY => {
+                let (Some(last), Some(code)) = (be32(p), p.get(4..).and_then(be32)) else {
+                    return Err(Unobservable::Protocol("short GOAWAY"));
+                };
+                on(Event::GoAway {
+                    last_stream: last & 0x7fff_ffff,
+                    code,
+                });
+            }
+            HEADERS | PUSH_PROMISE => {
+                let fragment = header_fragment(frame, p)?;
+                self.block = Some(Block {
+                    stream: frame.stream,
+                    end_stream: frame.kind == HEADERS && frame.has(END_STREAM),
+                    push: frame.kind == PUSH_PROMISE,
+                    fragment: fragment.to_vec(),
+                });
+                if frame.has(END_HEADERS) {
+                    self.decode_block(on)?;
+                }
+            }
+            CONTINUATION => {
+                let Some(block) = self.block.as_mut() else {
+                    return Err(Unobservable::Protocol("CONTINUATION without HEADERS"));
+                };
+                block.fragment.extend_from_slice(p);
+                if frame.has(END_HEADERS) {
+                    self.decode_block(on)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn decode_block(&mut self, on: &mut impl FnMut(Event<'_>)) -> Result<(), Unobservable> {
+        let Some(block) = self.block.take() else {
+            return Ok(());
+        };
+        let mut head = Head::default();
+        self.hpack
+            .decode_with_cb(&block.fragment, |n: Cow<[u8]>, v: Cow<[u8]>| {
+                head.field(&n, &v);
+            })
+            .map_err(|e| Unobservable::Hpack(e.to_string()))?;
+        // A pushed request (never used by gRPC) is decoded for the table's sake only.
+        if !block.push {
+            on(Event::Headers {
+                stream: block.stream,
+                head,
+                end_stream: block.end_stream,
+            });
+        }
+        Ok(())
+    }
+
+    /// The side this reader reads.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+}
+
+fn end_data(frame: FrameHead, on: &mut impl FnMut(Event<'_>)) {
+    if frame.has(END_STREAM) {
+        on(Event::Data {
+            stream: frame.stream,
+            data: &[],
+            end_stream: true,
+        });
+    }
+}
+
+fn be32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+/// The header block fragment of a HEADERS or PUSH_PROMISE payload: padding, priority and the
+/// promised stream id removed.
+fn header_fragment(frame: FrameHead, p: &[u8]) -> Result<&[u8], Unobservable> {
+    let mut start = 0;
+    let mut end = p.len();
+    if frame.has(PADDED) {
+        let pad = usize::from(*p.first().ok_or(Unobservable::Protocol("no pad length"))?);
+        start = 1;
+        end = end
+            .checked_sub(pad)
+            .ok_or(Unobservable::Protocol("padding longer than the frame"))?;
+    }
+    if frame.kind == HEADERS && frame.has(PRIORITY) {
+        start += 5;
+    }
+    if frame.kind == PUSH_PROMISE {
+        start += 4;
+    }
+    p.get(start..end).ok_or(Unobservable::Protocol(
+        "header frame shorter than its fields",
+    ))
+}
+
+#[cfg(test)]
+#[path = "wire_tests.rs"]
+pub(crate) mod tests;
