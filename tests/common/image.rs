@@ -41,6 +41,17 @@ fn noise(seed: &str, len: usize) -> Vec<u8> {
 impl TestImage {
     /// An image with one layer holding `layer_bytes` of incompressible data unique to `seed`.
     pub fn build(seed: &str, layer_bytes: usize, arch: &str) -> Self {
+        Self::build_with_label(seed, layer_bytes, arch, 0)
+    }
+
+    /// Like [`TestImage::build`], with a config label of `label_bytes` (a large config makes a
+    /// large verbose ImageStatus answer).
+    pub fn build_with_label(
+        seed: &str,
+        layer_bytes: usize,
+        arch: &str,
+        label_bytes: usize,
+    ) -> Self {
         let mut tar = tar::Builder::new(Vec::new());
         let data = noise(seed, layer_bytes);
         let mut header = tar::Header::new_gnu();
@@ -56,7 +67,7 @@ impl TestImage {
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": arch, "os": "linux",
             "rootfs": {"type": "layers", "diff_ids": [digest(&raw)]},
-            "config": {"Cmd": ["/data.bin"]},
+            "config": {"Cmd": ["/data.bin"], "Labels": {"padding": "p".repeat(label_bytes)}},
         }))
         .unwrap();
         let manifest = serde_json::to_vec(&serde_json::json!({

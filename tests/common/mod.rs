@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod callers;
 pub mod fault_registry;
 pub mod image;
 pub mod kube_api;

@@ -3,11 +3,15 @@
 //! hands a view of it to a [`Tap`], which must not block.
 
 use crate::sources::cri_proxy::wire::Side;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// Read size per direction (socat's default is 8 KiB).
 pub const BUFFER: usize = 16 << 10;
+/// After one direction ended, how long the other may still carry bytes (a runtime's GOAWAY
+/// and close after the caller's last frame) before the connection is closed.
+pub const LINGER: Duration = Duration::from_secs(5);
 
 /// What sees the bytes after they were forwarded.
 pub trait Tap {
@@ -18,7 +22,7 @@ pub trait Tap {
 /// How one direction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
-    /// The sender closed its side cleanly; the other side's write was shut down in turn.
+    /// The sender closed its side; the receiver's write was shut down in turn.
     Eof,
     /// Reading or writing failed.
     Error,
@@ -37,7 +41,10 @@ where
                 return Ended::Eof;
             }
             Ok(n) => n,
-            Err(_) => return Ended::Error,
+            Err(_) => {
+                let _ = to.shutdown().await;
+                return Ended::Error;
+            }
         };
         if to.write_all(&buf[..n]).await.is_err() {
             return Ended::Error;
@@ -46,23 +53,26 @@ where
     }
 }
 
-/// Relays until both directions ended, or one failed. Returns the side that ended first.
+/// Relays until both directions ended (the second within [`LINGER`] of the first). Returns the
+/// side that ended first. When one side goes away its peer's write is shut down, as a close
+/// would, and what the peer still sends is passed on: the caller gets the runtime's last
+/// frames, as it would directly.
 pub async fn relay(mut caller: UnixStream, mut runtime: UnixStream, tap: &impl Tap) -> Side {
     let (cr, cw) = caller.split();
     let (rr, rw) = runtime.split();
     let up = pump(cr, rw, Side::Caller, tap);
     let down = pump(rr, cw, Side::Runtime, tap);
     tokio::pin!(up, down);
-    let (first, how) = tokio::select! {
-        how = &mut up => (Side::Caller, how),
-        how = &mut down => (Side::Runtime, how),
+    let first = tokio::select! {
+        _ = &mut up => Side::Caller,
+        _ = &mut down => Side::Runtime,
     };
-    if how == Ended::Eof {
-        // Half-closed: the other direction may still carry answers.
+    let rest = async {
         match first {
             Side::Caller => drop(down.await),
             Side::Runtime => drop(up.await),
         }
-    }
+    };
+    let _ = tokio::time::timeout(LINGER, rest).await;
     first
 }

@@ -1,0 +1,155 @@
+//! CRI callers we did not write: Python's grpcio and grpc-go (Debian's golang-google-grpc-dev,
+//! built here offline), each a small program under `tests/callers/` that makes one unary call
+//! with raw request bytes and prints the outcome as JSON. They send what real callers send: a
+//! socket path or `localhost` as `:authority`, Huffman-coded headers, their own settings.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A caller and how it sets `:authority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// grpcio with its default for `unix:` targets (the percent-encoded socket path).
+    GrpcioDefault,
+    /// grpcio with `grpc.default_authority = localhost`.
+    GrpcioLocalhost,
+    /// grpc-go dialing the bare socket path with a unix dialer (kubelet before #123463).
+    GrpcGoBarePath,
+    /// grpc-go with `WithAuthority("localhost")` (today's kubelet).
+    GrpcGoLocalhost,
+}
+
+impl Caller {
+    /// Every caller.
+    pub const ALL: [Caller; 4] = [
+        Caller::GrpcioDefault,
+        Caller::GrpcioLocalhost,
+        Caller::GrpcGoBarePath,
+        Caller::GrpcGoLocalhost,
+    ];
+
+    /// A short name (used as pod name in the tests).
+    pub fn name(self) -> &'static str {
+        match self {
+            Caller::GrpcioDefault => "grpcio-default",
+            Caller::GrpcioLocalhost => "grpcio-localhost",
+            Caller::GrpcGoBarePath => "grpc-go-bare-path",
+            Caller::GrpcGoLocalhost => "grpc-go-localhost",
+        }
+    }
+
+    fn command(self) -> Command {
+        let authority = match self {
+            Caller::GrpcioLocalhost | Caller::GrpcGoLocalhost => "localhost",
+            _ => "default",
+        };
+        let mut c = match self {
+            Caller::GrpcioDefault | Caller::GrpcioLocalhost => {
+                let mut c = Command::new("python3");
+                c.arg(callers_dir().join("grpc_caller.py"));
+                c
+            }
+            Caller::GrpcGoBarePath | Caller::GrpcGoLocalhost => Command::new(grpc_go()),
+        };
+        c.args(["--authority", authority]);
+        c
+    }
+}
+
+/// What a caller got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// gRPC status code (0: OK).
+    pub code: i64,
+    /// Status message.
+    pub message: String,
+    /// Response message, hex.
+    pub response: String,
+}
+
+/// One call.
+#[derive(Debug, Clone, Default)]
+pub struct Call<'a> {
+    /// Full method path.
+    pub method: &'a str,
+    /// Request message (not framed).
+    pub request: Vec<u8>,
+    /// Deadline.
+    pub timeout: Option<Duration>,
+    /// Cancel after this long.
+    pub cancel_after: Option<Duration>,
+    /// W3C traceparent to send.
+    pub traceparent: Option<&'a str>,
+}
+
+fn callers_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/callers")
+}
+
+/// The grpc-go caller, built once per test binary into the target directory.
+fn grpc_go() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-callers");
+        std::fs::create_dir_all(&target).unwrap();
+        let bin = target.join(format!("grpc-go-caller-{}", std::process::id()));
+        let out = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&bin)
+            .arg(callers_dir().join("grpc-go/main.go"))
+            .env("GO111MODULE", "off")
+            .env("GOPATH", "/usr/share/gocode")
+            .env("GOCACHE", target.join("go-cache"))
+            .output()
+            .expect("go (Debian golang-go; scripts/install-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "building the grpc-go caller: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        bin
+    })
+    .clone()
+}
+
+/// Makes `call` with `caller` on the socket `sock`.
+pub async fn call(caller: Caller, sock: &Path, call: &Call<'_>) -> Reply {
+    let mut cmd = caller.command();
+    cmd.arg("--socket")
+        .arg(sock)
+        .args(["--method", call.method])
+        .args(["--request", &hex::encode(&call.request)])
+        .args([
+            "--timeout-ms",
+            &call
+                .timeout
+                .unwrap_or(Duration::from_secs(60))
+                .as_millis()
+                .to_string(),
+        ]);
+    if let Some(c) = call.cancel_after {
+        cmd.args(["--cancel-after-ms", &c.as_millis().to_string()]);
+    }
+    if let Some(t) = call.traceparent {
+        cmd.args(["--traceparent", t]);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("run the caller");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: {stdout}\n{}",
+            caller.name(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    Reply {
+        code: v["code"].as_i64().unwrap(),
+        message: v["message"].as_str().unwrap().to_string(),
+        response: v["response"].as_str().unwrap().to_string(),
+    }
+}

@@ -1,0 +1,230 @@
+//! End to end: what the byte relay guarantees beyond transparency — one caller that stops
+//! reading cannot slow another (each has its own runtime connection), and a connection the
+//! observer cannot follow still gets exactly the runtime's answer while it is counted as
+//! unobserved.
+
+mod common;
+
+use common::agent::{Agent, sum};
+use common::image::TestImage;
+use common::sandbox::Sandbox;
+use prost::Message;
+use pullwatch::cri::{ImageSpec, ImageStatusRequest, VersionRequest};
+use pullwatch::cri_client::CriClient;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A caller that asks for `calls` verbose ImageStatus answers of `image`, grants the runtime
+/// every window it may want, and then never reads.
+async fn stuck_caller(sock: &Path, image: &str, calls: u32) -> UnixStream {
+    let mut s = UnixStream::connect(sock).await.unwrap();
+    let mut out = PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE 2^31-1, and the connection window opened as far.
+    out.extend(frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
+    out.extend(frame(0x8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
+    let mut hpack = loona_hpack::Encoder::new();
+    let body = pullwatch::grpc::frame::encode(
+        &ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            verbose: true,
+        }
+        .encode_to_vec(),
+    );
+    for i in 0..calls {
+        let stream = 1 + 2 * i;
+        let block = hpack.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/runtime.v1.ImageService/ImageStatus"),
+            (b":authority", b"localhost"),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+        ]);
+        out.extend(frame(0x1, 0x4, stream, &block));
+        out.extend(frame(0x0, 0x1, stream, &body));
+    }
+    s.write_all(&out).await.unwrap();
+    s
+}
+
+/// The slowest of `n` Version + ImageStatus calls on `sock`.
+async fn slowest_call(sock: &Path, image: &str, n: usize) -> Duration {
+    let mut c = CriClient::connect(sock, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut worst = Duration::ZERO;
+    for _ in 0..n {
+        let t = Instant::now();
+        let v = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.runtime.version(VersionRequest::default()),
+        )
+        .await;
+        assert!(matches!(v, Ok(Ok(_))), "{v:?}");
+        let s = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.images.image_status(ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: image.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            }),
+        )
+        .await;
+        assert!(matches!(s, Ok(Ok(_))), "{s:?}");
+        worst = worst.max(t.elapsed());
+    }
+    worst
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_reading_does_not_slow_another() {
+    let sb = Sandbox::start().await;
+    // 3 MB of config: each verbose ImageStatus answer is over 3 MB.
+    let img = TestImage::build_with_label("isolation", 2048, "amd64", 3 << 20);
+    let image = sb.push(&img, "team/bigconfig", "1");
+    let agent = Agent::start(&sb, &["--log-level", "info"]);
+    assert!(
+        CriClient::connect(&agent.proxy_sock, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .images
+            .pull_image(pullwatch::cri::PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .is_ok()
+    );
+    let direct = slowest_call(&sb.containerd_sock, &image, 20).await;
+    let _stuck_direct = stuck_caller(&sb.containerd_sock, &image, 10).await;
+    let _stuck = stuck_caller(&agent.proxy_sock, &image, 10).await;
+    // Let the runtime fill what the stuck callers will never read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let proxied = slowest_call(&agent.proxy_sock, &image, 20).await;
+    let direct_stuck = slowest_call(&sb.containerd_sock, &image, 20).await;
+    eprintln!(
+        "slowest call: direct {direct:?}, direct beside a stuck caller {direct_stuck:?}, through pullwatch beside a stuck caller {proxied:?}"
+    );
+    assert!(
+        proxied < Duration::from_millis(500) + direct_stuck.max(direct) * 2,
+        "through pullwatch {proxied:?} vs direct {direct_stuck:?}"
+    );
+    let m = agent.scrape();
+    assert!(
+        sum(&m, "pullwatch_interposer_connections_open", &[]) >= 1.0,
+        "{m}"
+    );
+}
+
+/// Writes `bytes` on a new connection to `sock` (while reading), then reads what comes back
+/// until the other side closes.
+async fn exchange(sock: &Path, bytes: Vec<u8>) -> Vec<u8> {
+    let s = UnixStream::connect(sock).await.unwrap();
+    let (mut r, mut w) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&bytes).await;
+        w
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no close within 10 s; got {} bytes", got.len()),
+        }
+    }
+    writer.abort();
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_observer_cannot_follow_still_gets_the_runtimes_answer() {
+    let sb = Sandbox::start().await;
+    let agent = Agent::start(&sb, &["--log-level", "info"]);
+    let settings = frame(0x4, 0, 0, &[]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "garbage after the preface",
+            [
+                PREFACE,
+                b"this is not an HTTP/2 frame at all, not even close",
+            ]
+            .concat(),
+            "protocol",
+        ),
+        (
+            "an HPACK index past the table",
+            [
+                PREFACE,
+                &settings,
+                &frame(0x1, 0x5, 1, &[0x82, 0x86, 0xff, 0x7f]),
+            ]
+            .concat(),
+            "hpack",
+        ),
+        (
+            "an oversized header frame",
+            [
+                PREFACE,
+                &settings,
+                &frame(0x1, 0x4, 1, &vec![0x82; (1 << 20) + 10]),
+            ]
+            .concat(),
+            "limit",
+        ),
+    ];
+    for (what, bytes, cause) in cases {
+        let direct = exchange(&sb.containerd_sock, bytes.clone()).await;
+        let proxied = exchange(&agent.proxy_sock, bytes).await;
+        assert!(!direct.is_empty(), "{what}: containerd said nothing");
+        assert_eq!(
+            hex::encode(&proxied),
+            hex::encode(&direct),
+            "{what}: the runtime's answer through pullwatch differs"
+        );
+        let m = agent.scrape_until(what, |m| {
+            sum(
+                m,
+                "pullwatch_interposer_unobserved_connections_total",
+                &[("cause", cause)],
+            ) == 1.0
+        });
+        assert_eq!(
+            sum(&m, "pullwatch_interposer_unobserved_connections_total", &[]),
+            1.0 + ["protocol", "hpack", "limit"]
+                .iter()
+                .position(|c| *c == cause)
+                .unwrap() as f64,
+            "{m}"
+        );
+    }
+    // And the agent goes on observing the next, well-formed connection.
+    let mut c = CriClient::connect(&agent.proxy_sock, Duration::from_secs(5))
+        .await
+        .unwrap();
+    c.runtime.version(VersionRequest::default()).await.unwrap();
+    agent.scrape_until("the Version call", |m| {
+        sum(m, "pullwatch_cri_requests_total", &[("code", "OK")]) == 1.0
+    });
+}
