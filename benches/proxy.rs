@@ -3,10 +3,11 @@
 //! `sudo cargo bench --bench proxy` (needs the same packages and root as the e2e tests).
 //! Sizes can be reduced for a quick look: `PULLWATCH_BENCH_SCALE=0.1 cargo bench --bench proxy`.
 //!
-//! Latency is measured on three paths, interleaved call by call: direct to containerd, through a
-//! byte-for-byte relay process (this binary re-executed as `relay LISTEN UPSTREAM`: one extra
+//! Latency and throughput are measured on three paths, interleaved call by call: direct to
+//! containerd, through a plain byte relay (`socat UNIX-LISTEN:…,fork UNIX-CONNECT:…`: one extra
 //! unix-socket hop and no HTTP/2 processing, the floor any interposer process pays), and through
-//! pullwatch.
+//! pullwatch. With `PULLWATCH_BENCH_BASELINE=/path/to/pullwatch` a fourth path runs another
+//! pullwatch build (e.g. the previous design) side by side in the same run.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -79,38 +80,15 @@ async fn unary(c: &mut CriClient, which: usize, image: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let rt = if args.get(1).is_some_and(|a| a == "relay") {
-        // The relay, like pullwatch's interposer, runs on one thread with its own runtime.
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(2);
-        b
-    }
-    .enable_all()
-    .build()
-    .unwrap();
-    match args.get(1..4) {
-        Some([mode, listen, upstream]) if mode == "relay" => rt.block_on(relay(listen, upstream)),
-        _ => rt.block_on(bench()),
-    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
 }
 
-/// Forwards every connection on `listen` to `upstream` byte for byte, until killed.
-async fn relay(listen: &str, upstream: &str) {
-    let listener = tokio::net::UnixListener::bind(listen).unwrap();
-    loop {
-        let (mut down, _) = listener.accept().await.unwrap();
-        let upstream = upstream.to_string();
-        tokio::spawn(async move {
-            let mut up = tokio::net::UnixStream::connect(&upstream).await.unwrap();
-            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-        });
-    }
-}
-
-/// The relay process; killed when dropped.
+/// The byte-relay floor: `socat UNIX-LISTEN:…,fork UNIX-CONNECT:…`; killed when dropped.
 struct Relay {
     child: std::process::Child,
     sock: std::path::PathBuf,
@@ -119,18 +97,36 @@ struct Relay {
 impl Relay {
     fn start(dir: &std::path::Path, upstream: &std::path::Path) -> Self {
         let sock = dir.join("relay.sock");
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .arg("relay")
-            .arg(&sock)
-            .arg(upstream)
+        let child = std::process::Command::new("socat")
+            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+            .arg(format!("UNIX-CONNECT:{}", upstream.display()))
             .spawn()
-            .unwrap();
+            .expect("socat (Debian package socat; scripts/install-deps.sh installs it)");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !sock.exists() {
-            assert!(Instant::now() < deadline, "relay did not start");
+            assert!(Instant::now() < deadline, "socat did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
         Self { child, sock }
+    }
+
+    /// CPU ticks of socat and the children it forked per connection.
+    fn cpu(&self) -> u64 {
+        let parent = self.child.id();
+        let mut total = proc_stats(parent).0;
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            if after.split_whitespace().nth(1) == Some(&parent.to_string()) {
+                total += proc_stats(pid).0;
+            }
+        }
+        total
     }
 }
 
@@ -154,124 +150,163 @@ async fn bench() {
     in_process();
 }
 
+/// One path a call can take to containerd.
+struct Path {
+    name: &'static str,
+    sock: std::path::PathBuf,
+}
+
 /// 1–4: latency, throughput, large pull and memory, with real containerd and the real agent.
 async fn against_containerd() {
     let sb = Sandbox::start().await;
     let image = sb.push(&TestImage::build("bench", 4096, "amd64"), "bench/app", "1");
     let agent = Agent::start(&sb, &["--log-level", "warn"]);
+    let baseline = std::env::var_os("PULLWATCH_BENCH_BASELINE")
+        .map(|bin| Agent::start_bin(&sb, std::path::Path::new(&bin), &["--log-level", "warn"]));
     let t = Duration::from_secs(60);
     common::pull_as(&sb.containerd_sock, &image, None, t).await;
-    let mut direct = CriClient::connect(&sb.containerd_sock, t).await.unwrap();
-    let mut proxied = CriClient::connect(&agent.proxy_sock, t).await.unwrap();
     let relay = Relay::start(sb.dir.path(), &sb.containerd_sock);
-    let mut relayed = CriClient::connect(&relay.sock, t).await.unwrap();
+    let mut paths = vec![
+        Path {
+            name: "direct",
+            sock: sb.containerd_sock.clone(),
+        },
+        Path {
+            name: "relay",
+            sock: relay.sock.clone(),
+        },
+        Path {
+            name: "pullwatch",
+            sock: agent.proxy_sock.clone(),
+        },
+    ];
+    if let Some(b) = &baseline {
+        paths.push(Path {
+            name: "baseline",
+            sock: b.proxy_sock.clone(),
+        });
+    }
+    let mut clients = Vec::new();
+    for p in &paths {
+        clients.push(CriClient::connect(&p.sock, t).await.unwrap());
+    }
     let pid = agent.pid();
     let (_, rss_idle) = proc_stats(pid);
     println!("machine: {} cores, {}", num_cores(), kernel());
     println!("agent RSS idle: {:.1} MiB", rss_idle as f64 / 1024.0);
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
 
-    // 1. Unary latency, same client code, interleaved direct / byte relay / pullwatch.
-    println!(
-        "\n## unary latency, interleaved (n per path per method: {})",
-        scale(3000)
-    );
+    // 1. Unary latency, same client code, paths interleaved call by call.
+    let n = scale(3000);
+    println!("\n## unary latency, interleaved (n per path per method: {n})");
     for (which, name) in [(0, "Version"), (1, "ListImages"), (2, "ImageStatus")] {
-        let n = scale(3000);
-        let (mut d, mut r, mut p) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(n); paths.len()];
         for _ in 0..200 {
-            unary(&mut direct, which, &image).await;
-            unary(&mut relayed, which, &image).await;
-            unary(&mut proxied, which, &image).await;
-        }
-        for _ in 0..n {
-            for (client, samples) in [
-                (&mut direct, &mut d),
-                (&mut relayed, &mut r),
-                (&mut proxied, &mut p),
-            ] {
-                let s = Instant::now();
-                unary(client, which, &image).await;
-                samples.push(s.elapsed());
+            for c in clients.iter_mut() {
+                unary(c, which, &image).await;
             }
         }
-        for v in [&mut d, &mut r, &mut p] {
-            v.sort();
+        for _ in 0..n {
+            for (c, v) in clients.iter_mut().zip(samples.iter_mut()) {
+                let s = Instant::now();
+                unary(c, which, &image).await;
+                v.push(s.elapsed());
+            }
         }
-        let (d50, d99) = (pct(&d, 0.5), pct(&d, 0.99));
-        let (r50, r99) = (pct(&r, 0.5), pct(&r, 0.99));
-        let (p50, p99) = (pct(&p, 0.5), pct(&p, 0.99));
-        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
-        println!(
-            "{name:<12} p50/p99 direct {:.1}/{:.1}us | relay {:.1}/{:.1}us | pullwatch {:.1}/{:.1}us",
-            us(d50),
-            us(d99),
-            us(r50),
-            us(r99),
-            us(p50),
-            us(p99),
-        );
-        println!(
-            "{:<12} ratio to direct p50/p99: relay {:.3}/{:.3}, pullwatch {:.3}/{:.3} | added p50: relay {:.1}us, pullwatch {:.1}us ({:.1}us beyond the relay)",
+        let mut line = format!("{name:<12} p50/p99 us:");
+        let mut q = Vec::new();
+        for (p, v) in paths.iter().zip(samples.iter_mut()) {
+            v.sort();
+            let (p50, p99) = (pct(v, 0.5), pct(v, 0.99));
+            line += &format!(" {} {:.1}/{:.1} |", p.name, us(p50), us(p99));
+            q.push((p50, p99));
+        }
+        println!("{}", line.trim_end_matches(" |"));
+        let mut line = format!(
+            "{:<12} pullwatch/relay p50 {:.3} p99 {:.3} (targets 1.05, 1.10); added over direct p50: relay {:.1}us, pullwatch {:.1}us",
             "",
-            ratio(r50, d50),
-            ratio(r99, d99),
-            ratio(p50, d50),
-            ratio(p99, d99),
-            us(r50) - us(d50),
-            us(p50) - us(d50),
-            us(p50) - us(r50),
+            ratio(q[2].0, q[1].0),
+            ratio(q[2].1, q[1].1),
+            us(q[1].0) - us(q[0].0),
+            us(q[2].0) - us(q[0].0),
         );
+        if let Some(b) = q.get(3) {
+            line += &format!(
+                "; baseline/relay p50 {:.3} p99 {:.3}, baseline added {:.1}us",
+                ratio(b.0, q[1].0),
+                ratio(b.1, q[1].1),
+                us(b.0) - us(q[0].0)
+            );
+        }
+        println!("{line}");
     }
-    drop(relayed);
-    drop(relay);
+    drop(clients);
 
-    // 2. Throughput with concurrent clients, and the agent's CPU per 1000 calls.
+    // 2. Throughput with 32 concurrent callers (one connection each, as separate clients),
+    // and the CPU of what sits in the path, per 1000 calls.
     let secs = 3.0 * scale(100) as f64 / 100.0;
-    for (label, sock) in [
-        ("direct", sb.containerd_sock.clone()),
-        ("proxied", agent.proxy_sock.clone()),
-    ] {
-        let (cpu0, _) = proc_stats(pid);
+    let mut direct_rate = 0.0;
+    let mut relay_rate = 0.0;
+    for p in &paths {
+        let cpu = |name: &str| match name {
+            "relay" => relay.cpu(),
+            "pullwatch" => proc_stats(pid).0,
+            "baseline" => baseline.as_ref().map_or(0, |b| proc_stats(b.pid()).0),
+            _ => 0,
+        };
+        let mut conns = Vec::new();
+        for _ in 0..32 {
+            conns.push(
+                CriClient::connect(&p.sock, Duration::from_secs(10))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let cpu0 = cpu(p.name);
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..32 {
-            let sock = sock.clone();
+        for mut c in conns {
             tasks.push(tokio::spawn(async move {
-                let mut c = CriClient::connect(&sock, Duration::from_secs(10))
-                    .await
-                    .unwrap();
                 let mut n = 0u64;
                 while start.elapsed().as_secs_f64() < secs {
                     c.runtime.version(VersionRequest::default()).await.unwrap();
                     n += 1;
                 }
-                n
+                (n, c)
             }));
         }
         let mut total = 0;
+        let mut alive = Vec::new();
         for t in tasks {
-            total += t.await.unwrap();
+            let (n, c) = t.await.unwrap();
+            total += n;
+            alive.push(c);
         }
         let el = start.elapsed().as_secs_f64();
-        let (cpu1, _) = proc_stats(pid);
-        let ticks = cpu1 - cpu0;
-        let agent_cpu_ms = ticks as f64 * 1000.0 / clk_tck();
-        print!(
-            "\n## throughput {label}: {:.0} Version calls/s (32 clients, {el:.1}s)",
-            total as f64 / el
+        // Measured before the connections close (socat's per-connection children exit then).
+        let ticks = cpu(p.name) - cpu0;
+        drop(alive);
+        let rate = total as f64 / el;
+        let mut line = format!(
+            "\n## throughput {}: {rate:.0} Version calls/s (32 callers, {el:.1}s)",
+            p.name
         );
-        if label == "proxied" {
-            print!(
-                "; agent CPU {:.1} ms per 1000 calls",
-                agent_cpu_ms / (total as f64 / 1000.0)
+        match p.name {
+            "direct" => direct_rate = rate,
+            "relay" => relay_rate = rate,
+            _ => {}
+        }
+        if p.name != "direct" {
+            line += &format!(
+                "; {:.3} of direct, {:.3} of the relay; CPU {:.1} ms per 1000 calls",
+                rate / direct_rate,
+                rate / relay_rate.max(1.0),
+                ticks as f64 * 1000.0 / clk_tck() / (total as f64 / 1000.0)
             );
         }
-        println!();
+        println!("{line}");
     }
+    drop(relay);
 
     // 3. A large pull through the interposer vs direct (two distinct images of the same size).
     let size = scale(64) << 20;

@@ -92,10 +92,8 @@ async fn spawn_interposer(
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
-                proxy
-                    .serve(&bound.listener, stopped, pc.shutdown_grace)
-                    .await;
-                drop(bound); // removes the socket file
+                // Removes the socket file when it stops accepting.
+                proxy.serve(bound, stopped, pc.shutdown_grace).await;
             });
         })
         .map_err(RunError::InterposerRuntime)?;

@@ -26,6 +26,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("classifier", classifier),
     ("kubelet_message", kubelet_message),
     ("registry_headers", registry_headers),
+    ("interposer_observer", interposer_observer),
 ];
 
 /// A framed PullImage request: decodes or is refused, never panics; what it decodes is
@@ -118,4 +119,85 @@ pub fn registry_headers(data: &[u8]) {
     }
     let _ = parse_challenge(&s);
     let _ = CredentialStore::parse(&s);
+}
+
+/// The interposer's observer over an arbitrary interleaving of both directions of a connection.
+/// The input is a sequence of operations: one byte `b` (bit 0: the side that sends, caller or
+/// runtime; bits 1..: the chunk length minus one), then that many bytes. Invariants: no panic;
+/// each direction's reader yields the same events and verdict whatever the chunking (compared
+/// with the whole direction fed at once); once the connection closes, no pull is left in flight.
+pub fn interposer_observer(data: &[u8]) {
+    use crate::recorder::{Recorder, RecorderConfig};
+    use crate::sources::cri_proxy::budget::{self, Budget};
+    use crate::sources::cri_proxy::observer::ConnectionObserver;
+    use crate::sources::cri_proxy::wire::{Event, Reader, Side};
+    use prometheus::core::Collector;
+    use std::sync::{Arc, OnceLock};
+
+    static RECORDER: OnceLock<Arc<Recorder>> = OnceLock::new();
+    let recorder = RECORDER
+        .get_or_init(|| Arc::new(Recorder::new(&RecorderConfig::default()).expect("metrics")));
+    let mut observer = ConnectionObserver::new(recorder.clone(), Budget::new(budget::TOTAL));
+    let mut chunks: Vec<(Side, &[u8])> = Vec::new();
+    let mut rest = data;
+    while let Some((&op, tail)) = rest.split_first() {
+        let side = if op & 1 == 0 {
+            Side::Caller
+        } else {
+            Side::Runtime
+        };
+        let n = usize::from(op >> 1).saturating_add(1).min(tail.len());
+        let (chunk, tail) = tail.split_at(n);
+        chunks.push((side, chunk));
+        observer.observe(side, chunk);
+        rest = tail;
+    }
+    observer.closed(if data.len().is_multiple_of(2) {
+        Side::Caller
+    } else {
+        Side::Runtime
+    });
+    drop(observer);
+    let in_flight: i64 = recorder
+        .metrics()
+        .in_flight
+        .collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| m.get_gauge().value() as i64)
+        .sum();
+    assert_eq!(in_flight, 0, "a pull left in flight");
+    for side in [Side::Caller, Side::Runtime] {
+        let whole: Vec<u8> = chunks
+            .iter()
+            .filter(|(s, _)| *s == side)
+            .flat_map(|(_, c)| c.iter().copied())
+            .collect();
+        let events = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+            let mut reader = Reader::new(side);
+            // DATA pieces depend on the chunking; their bytes, stream and order do not.
+            let mut seen: Vec<(Option<u32>, Vec<u8>)> = Vec::new();
+            let mut result = Ok(());
+            for p in pieces {
+                let r = reader.feed(p, &mut |e| match e {
+                    Event::Data {
+                        stream,
+                        data,
+                        end_stream: false,
+                    } => match seen.last_mut() {
+                        Some((Some(s), bytes)) if *s == stream => bytes.extend_from_slice(data),
+                        _ => seen.push((Some(stream), data.to_vec())),
+                    },
+                    other => seen.push((None, format!("{other:?}").into_bytes())),
+                });
+                if r.is_err() {
+                    result = r;
+                }
+            }
+            seen.retain(|(s, b)| s.is_none() || !b.is_empty());
+            (seen, result.map_err(|e| e.cause()))
+        };
+        let chunked = events(&mut chunks.iter().filter(|(s, _)| *s == side).map(|(_, c)| *c));
+        assert_eq!(chunked, events(&mut std::iter::once(whole.as_slice())));
+    }
 }

@@ -239,6 +239,39 @@ fn run_refuses_to_replace_a_regular_file() {
 }
 
 #[test]
+fn run_refuses_to_relay_to_its_own_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("run/sub")).unwrap();
+    std::os::unix::fs::symlink(d.join("run"), d.join("var-run")).unwrap();
+    let listen = d.join("run/pw.sock");
+    for runtime in [d.join("run/sub/../pw.sock"), d.join("var-run/pw.sock")] {
+        let o = pullwatch(
+            &[
+                "run",
+                "--cri-proxy-socket",
+                listen.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--runtime-socket",
+                runtime.to_str().unwrap(),
+                "--runtime-status-interval",
+                "0s",
+            ],
+            None,
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(64), "{err}");
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains("--runtime-socket") && last.contains("relay to itself"),
+            "{err}"
+        );
+        assert!(!listen.exists(), "the socket it bound is removed");
+    }
+}
+
+#[test]
 fn pull_to_a_missing_socket_is_unavailable() {
     let o = pullwatch(
         &[

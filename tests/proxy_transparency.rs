@@ -151,3 +151,67 @@ async fn calls_arrive_and_return_byte_for_byte() {
         assert_eq!(direct, proxied, "{path}: direct (left) and proxied differ");
     }
 }
+
+/// Any bytes, HTTP/2 or not, cross pullwatch unchanged both ways: a raw server of the test
+/// records what arrives and answers with its own bytes in odd pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_out_equal_bytes_in_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server_sock = dir.path().join("raw.sock");
+    let listener = UnixListener::bind(&server_sock).unwrap();
+    let answer: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    let sent: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let (received_tx, received_rx) = tokio::sync::oneshot::channel();
+    let a = answer.clone();
+    let want = sent.len();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        for piece in a.chunks(7919) {
+            s.write_all(piece).await.unwrap();
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        while got.len() < want {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = received_tx.send(got);
+    });
+    let agent = Agent::start_proxy_to(dir.path(), &server_sock, &["--log-level", "warn"]);
+    let mut c = UnixStream::connect(&agent.proxy_sock).await.unwrap();
+    let (mut r, mut w) = c.split();
+    let writing = async {
+        for piece in sent.chunks(4999) {
+            w.write_all(piece).await.unwrap();
+        }
+    };
+    let reading = async {
+        let mut got = vec![0u8; answer.len()];
+        r.read_exact(&mut got).await.unwrap();
+        got
+    };
+    let ((), got) = tokio::join!(writing, reading);
+    assert!(
+        got == answer,
+        "the caller got other bytes than the server sent"
+    );
+    let received = tokio::time::timeout(Duration::from_secs(10), received_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        received == sent,
+        "the server got other bytes than the caller sent"
+    );
+    // Not HTTP/2: relayed all the same, counted as unobserved.
+    let m = agent.scrape_until("counted unobserved", |m| {
+        common::agent::sum(
+            m,
+            "pullwatch_interposer_unobserved_connections_total",
+            &[("cause", "not_http2")],
+        ) == 1.0
+    });
+    assert!(m.contains("pullwatch_interposer_connections_open 1"), "{m}");
+}

@@ -103,9 +103,34 @@ impl Agent {
         proxy_sock: Option<PathBuf>,
         extra: &[&str],
     ) -> Self {
+        Self::spawn_bin(&pullwatch_bin(), dir, runtime_sock, proxy_sock, extra)
+    }
+
+    /// Like [`Agent::start`], with another pullwatch binary (the benchmark compares builds).
+    pub fn start_bin(sb: &Sandbox, bin: &std::path::Path, extra: &[&str]) -> Self {
+        let proxy_sock = sb
+            .dir
+            .path()
+            .join(format!("pullwatch-{}.sock", free_port()));
+        Self::spawn_bin(
+            bin,
+            sb.dir.path(),
+            &sb.containerd_sock,
+            Some(proxy_sock),
+            extra,
+        )
+    }
+
+    fn spawn_bin(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        runtime_sock: &std::path::Path,
+        proxy_sock: Option<PathBuf>,
+        extra: &[&str],
+    ) -> Self {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log_path = dir.join(format!("pullwatch-{}.log", addr.port()));
-        let mut cmd = Command::new(pullwatch_bin());
+        let mut cmd = Command::new(bin);
         cmd.arg("run");
         if let Some(p) = &proxy_sock {
             cmd.arg("--cri-proxy-socket").arg(p);

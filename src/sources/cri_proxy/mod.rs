@@ -187,14 +187,16 @@ impl CriProxy {
             .closed(first);
     }
 
-    /// Accepts connections on `listener` until `shutdown` resolves, then lets open calls finish
-    /// for up to `grace` and closes what is left.
+    /// Accepts connections on `socket` until `shutdown` resolves. Then it closes and removes the
+    /// socket (new connections fail at once, as with pullwatch stopped, instead of waiting in
+    /// the backlog), lets open calls finish for up to `grace`, and closes what is left.
     pub async fn serve(
         self: Arc<Self>,
-        listener: &UnixListener,
+        socket: socket::BoundSocket,
         shutdown: impl std::future::Future<Output = ()>,
         grace: Duration,
     ) {
+        let listener: &UnixListener = &socket.listener;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
@@ -214,6 +216,7 @@ impl CriProxy {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
+        drop(socket);
         let _ = stop_tx.send(true);
         tracing::info!(
             connections = conns.len(),

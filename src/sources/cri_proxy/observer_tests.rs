@@ -252,3 +252,39 @@ fn oversized_pull_requests_are_decode_errors_within_the_budget() {
     o.closed(Side::Caller);
     assert_eq!(pulls(&recorder, "unknown", "failure"), 1);
 }
+
+/// A connection recorded between grpcio (client) and a grpcio server (Huffman-coded headers,
+/// dynamic-table references, a 3 KB header entry, a cancel), in the fuzz target's format: one
+/// byte (bit 0: side, bits 1..: length - 1), then the bytes.
+#[test]
+fn a_recorded_grpcio_connection_is_followed_to_the_end() {
+    let recorded = include_bytes!(
+        "../../../fuzz/corpus/interposer_observer/3d3ca97fef88df48b948e6f75b90bec8f84f4a49"
+    );
+    let (mut o, r) = observer();
+    let mut rest = &recorded[..];
+    while let Some((&op, tail)) = rest.split_first() {
+        let side = if op & 1 == 0 {
+            Side::Caller
+        } else {
+            Side::Runtime
+        };
+        let (chunk, tail) = tail.split_at(usize::from(op >> 1) + 1);
+        o.observe(side, chunk);
+        rest = tail;
+    }
+    assert!(o.is_observing() && o.is_idle());
+    o.closed(Side::Caller);
+    assert_eq!(count(&r, "/runtime.v1.RuntimeService/Version", "OK"), 1);
+    assert_eq!(count(&r, PULL, "OK"), 4);
+    assert_eq!(count(&r, PULL, "NOT_FOUND"), 1);
+    assert_eq!(count(&r, "other", "CANCELLED"), 1);
+    assert_eq!(pulls(&r, "reg.example", "success"), 4);
+    assert_eq!(
+        r.metrics()
+            .failures
+            .with_label_values(&["reg.example", "not_found"])
+            .get(),
+        1
+    );
+}
