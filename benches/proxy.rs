@@ -98,7 +98,7 @@ impl Relay {
     fn start(dir: &std::path::Path, upstream: &std::path::Path) -> Self {
         let sock = dir.join("relay.sock");
         let child = std::process::Command::new("socat")
-            .arg(format!("UNIX-LISTEN:{},fork", sock.display()))
+            .arg(format!("UNIX-LISTEN:{},fork,backlog=128", sock.display()))
             .arg(format!("UNIX-CONNECT:{}", upstream.display()))
             .spawn()
             .expect("socat (Debian package socat; scripts/install-deps.sh installs it)");

@@ -9,7 +9,7 @@ use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGua
 use tracing_subscriber::EnvFilter;
 
 /// Lines the writer may fall behind before new ones are dropped.
-pub const BUFFERED_LINES: usize = 64_000;
+pub const BUFFERED_LINES: usize = 8_192;
 
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 

@@ -228,3 +228,154 @@ async fn what_the_observer_cannot_follow_still_gets_the_runtimes_answer() {
         sum(m, "pullwatch_cri_requests_total", &[("code", "OK")]) == 1.0
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_stderr_never_stalls_the_relay() {
+    let sb = Sandbox::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("pw.sock");
+    let addr = format!("127.0.0.1:{}", common::sandbox::free_port());
+    // stderr is a pipe nobody reads: it fills after 64 KiB, as journald's would when it stalls.
+    let mut child = std::process::Command::new(common::agent::pullwatch_bin())
+        .args(["run", "--cri-proxy-socket"])
+        .arg(&sock)
+        .arg("--runtime-socket")
+        .arg(&sb.containerd_sock)
+        .args([
+            "--listen",
+            &addr,
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "pullwatch did not start");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    // Invalid references: containerd refuses each at once, pullwatch logs one event line each.
+    let calls = 9_600; // over the writer's 8 192 queued lines plus what the pipe holds
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let sock = sock.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = CriClient::connect(&sock, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let mut worst = Duration::ZERO;
+            for i in 0..calls / 16 {
+                let s = Instant::now();
+                let r = c
+                    .images
+                    .pull_image(pullwatch::cri::PullImageRequest {
+                        image: Some(ImageSpec {
+                            image: format!("Invalid/Ref-{t}-{i}:1"),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await;
+                assert!(r.is_err(), "{r:?}");
+                worst = worst.max(s.elapsed());
+            }
+            worst
+        }));
+    }
+    let mut worst = Duration::ZERO;
+    for t in tasks {
+        worst = worst.max(t.await.unwrap());
+    }
+    eprintln!(
+        "{calls} pulls in {:?}, slowest {worst:?}",
+        started.elapsed()
+    );
+    assert!(worst < Duration::from_secs(2), "a call waited {worst:?}");
+    let scrape = || {
+        common::agent::http_get(addr.parse().unwrap(), "/metrics")
+            .unwrap()
+            .1
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut m = scrape();
+    while sum(&m, "pullwatch_image_pulls_total", &[]) < calls as f64 {
+        assert!(Instant::now() < deadline, "not every pull recorded:\n{m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = scrape();
+    }
+    assert!(
+        sum(&m, "pullwatch_log_lines_dropped_total", &[]) > 0.0,
+        "with the pipe full, lines must have been dropped and counted:\n{m}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_image_names_stay_bounded() {
+    let sb = Sandbox::start().await;
+    let agent = Agent::start(&sb, &["--log-level", "info"]);
+    let rss = |pid: u32| -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kib / 1024.0
+    };
+    let before = rss(agent.pid());
+    let mut c = CriClient::connect(&agent.proxy_sock, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let image = format!("reg.example/{}-{i}:1", "a".repeat(2 << 20));
+        let r = c
+            .images
+            .pull_image(pullwatch::cri::PullImageRequest {
+                image: Some(ImageSpec {
+                    image,
+                    ..Default::default()
+                }),
+                sandbox_config: Some(pullwatch::cri::PodSandboxConfig {
+                    metadata: Some(pullwatch::cri::PodSandboxMetadata {
+                        name: format!("p{}", "p".repeat(100_000)),
+                        namespace: format!("n{i}{}", "n".repeat(100_000)),
+                        uid: "u".repeat(100_000),
+                        attempt: 0,
+                    }),
+                }),
+                ..Default::default()
+            })
+            .await;
+        assert!(r.is_err());
+    }
+    agent.scrape_until("every attempt", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) == 50.0
+    });
+    let after = rss(agent.pid());
+    eprintln!("agent RSS {before:.1} MiB before, {after:.1} MiB after 50 pulls of 2 MiB names");
+    assert!(after < before + 30.0, "RSS {before:.1} → {after:.1} MiB");
+    let events = agent.pull_events();
+    assert_eq!(events.len(), 50);
+    for e in &events {
+        assert!(
+            e["image"].as_str().unwrap().len() <= 1024,
+            "{}",
+            e["image"].as_str().unwrap().len()
+        );
+        assert!(e["namespace"].as_str().unwrap().len() <= 63);
+        assert!(e["pod"].as_str().unwrap().len() <= 253);
+        assert!(e["pod_uid"].as_str().unwrap().len() <= 64);
+        assert_eq!(
+            e["registry"], "unknown",
+            "an overlong reference is not parsed"
+        );
+    }
+}

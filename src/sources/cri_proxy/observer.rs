@@ -19,25 +19,36 @@ const REFUSED_STREAM: u32 = 0x7;
 
 /// One connection's observer.
 pub struct ConnectionObserver {
-    recorder: Arc<Recorder>,
     caller: Reader,
     runtime: Reader,
-    calls: HashMap<u32, Call>,
+    calls: Stitcher,
+    failed: Option<Unobservable>,
+}
+
+/// Pairs each caller's request with the runtime's answer: the open calls of a connection.
+struct Stitcher {
+    recorder: Arc<Recorder>,
+    open: HashMap<u32, Call>,
+    /// The highest stream the caller opened: a new call needs a higher one (RFC 9113 §5.1.1),
+    /// so a late header block on a finished stream never starts a second call.
+    last_stream: u32,
     connection_budget: Arc<Budget>,
     total_budget: Arc<Budget>,
-    failed: Option<Unobservable>,
 }
 
 impl ConnectionObserver {
     /// An observer of a new connection; `total_budget` is shared by all connections.
     pub fn new(recorder: Arc<Recorder>, total_budget: Arc<Budget>) -> Self {
         Self {
-            recorder,
             caller: Reader::new(Side::Caller),
             runtime: Reader::new(Side::Runtime),
-            calls: HashMap::new(),
-            connection_budget: Budget::new(budget::PER_CONNECTION),
-            total_budget,
+            calls: Stitcher {
+                recorder,
+                open: HashMap::new(),
+                last_stream: 0,
+                connection_budget: Budget::new(budget::PER_CONNECTION),
+                total_budget,
+            },
             failed: None,
         }
     }
@@ -47,23 +58,15 @@ impl ConnectionObserver {
         if self.failed.is_some() {
             return;
         }
-        let Self {
-            recorder,
-            caller,
-            runtime,
-            calls,
-            connection_budget,
-            total_budget,
-            ..
-        } = self;
         let reader = match side {
-            Side::Caller => caller,
-            Side::Runtime => runtime,
+            Side::Caller => &mut self.caller,
+            Side::Runtime => &mut self.runtime,
         };
+        let calls = &mut self.calls;
         let mut limit = None;
         let mut on = |ev: Event<'_>| {
             if limit.is_none() {
-                limit = on_event(side, ev, calls, recorder, connection_budget, total_budget).err();
+                limit = calls.on_event(side, ev).err();
             }
         };
         let result = reader.feed(bytes, &mut on);
@@ -75,7 +78,7 @@ impl ConnectionObserver {
     /// Whether no call is open (the connection may be closed without cutting one), as far as
     /// the observer knows: an unobserved connection is never idle.
     pub fn is_idle(&self) -> bool {
-        self.failed.is_none() && self.calls.is_empty()
+        self.failed.is_none() && self.calls.open.is_empty()
     }
 
     /// Whether the observer has given up on this connection.
@@ -91,7 +94,7 @@ impl ConnectionObserver {
     /// The connection ended; `first` is the side whose end (EOF or error) came first. Open
     /// calls end as that side's doing.
     pub fn closed(&mut self, first: Side) {
-        for (_, call) in self.calls.drain() {
+        for (_, call) in self.calls.open.drain() {
             match first {
                 Side::Caller => call.finish(End::CallerGone),
                 Side::Runtime => call.finish(End::RuntimeGone(
@@ -106,15 +109,16 @@ impl ConnectionObserver {
         tracing::warn!(
             cause = why.cause(),
             error = %why,
-            open_calls = self.calls.len(),
+            open_calls = self.calls.open.len(),
             "interposer: connection relayed without observation from here on"
         );
-        self.recorder
+        self.calls
+            .recorder
             .metrics()
             .interposer_unobserved
             .with_label_values(&[why.cause()])
             .inc();
-        for (_, call) in self.calls.drain() {
+        for (_, call) in self.calls.open.drain() {
             call.discard();
         }
         self.failed = Some(why);
@@ -123,114 +127,115 @@ impl ConnectionObserver {
     }
 }
 
-/// Applies one event to the open calls.
-fn on_event(
-    side: Side,
-    ev: Event<'_>,
-    calls: &mut HashMap<u32, Call>,
-    recorder: &Arc<Recorder>,
-    connection_budget: &Arc<Budget>,
-    total_budget: &Arc<Budget>,
-) -> Result<(), Unobservable> {
-    match (side, ev) {
-        (
-            Side::Caller,
-            Event::Headers {
-                stream,
-                head,
-                end_stream,
-            },
-        ) => {
-            if !calls.contains_key(&stream) {
-                if calls.len() >= MAX_STREAMS {
-                    return Err(Unobservable::Limit("open calls"));
+impl Stitcher {
+    /// Applies one event to the open calls.
+    fn on_event(&mut self, side: Side, ev: Event<'_>) -> Result<(), Unobservable> {
+        let calls = &mut self.open;
+        match (side, ev) {
+            (
+                Side::Caller,
+                Event::Headers {
+                    stream,
+                    head,
+                    end_stream,
+                },
+            ) => {
+                if stream > self.last_stream {
+                    if calls.len() >= MAX_STREAMS {
+                        return Err(Unobservable::Limit("open calls"));
+                    }
+                    self.last_stream = stream;
+                    let (c, t) = (&self.connection_budget, &self.total_budget);
+                    let lease = || Lease::new(c, t);
+                    calls.insert(stream, Call::new(self.recorder.clone(), &head, lease));
                 }
-                let lease = || Lease::new(connection_budget, total_budget);
-                calls.insert(stream, Call::new(recorder.clone(), &head, lease));
-            }
-            if end_stream && let Some(c) = calls.get_mut(&stream) {
-                c.on_request_end();
-            }
-        }
-        (
-            Side::Caller,
-            Event::Data {
-                stream,
-                data,
-                end_stream,
-            },
-        ) => {
-            if let Some(c) = calls.get_mut(&stream) {
-                c.on_request_data(data);
-                if end_stream {
+                if end_stream && let Some(c) = calls.get_mut(&stream) {
                     c.on_request_end();
                 }
             }
-        }
-        (Side::Caller, Event::Reset { stream, .. }) => {
-            if let Some(c) = calls.remove(&stream) {
-                c.finish(End::CallerGone);
-            }
-        }
-        (
-            Side::Runtime,
-            Event::Headers {
-                stream,
-                head,
-                end_stream,
-            },
-        ) => {
-            if let Some(c) = calls.get_mut(&stream) {
-                c.on_response_headers(&head);
-            }
-            if end_stream && let Some(c) = calls.remove(&stream) {
-                c.finish(End::Completed);
-            }
-        }
-        (
-            Side::Runtime,
-            Event::Data {
-                stream,
-                data,
-                end_stream,
-            },
-        ) => {
-            if let Some(c) = calls.get_mut(&stream) {
-                c.on_response_data(data);
-            }
-            if end_stream && let Some(c) = calls.remove(&stream) {
-                c.finish(End::Completed);
-            }
-        }
-        (Side::Runtime, Event::Reset { stream, code }) => {
-            if let Some(c) = calls.remove(&stream) {
-                if code == REFUSED_STREAM {
-                    tracing::debug!(stream, "runtime refused a stream; the caller may retry it");
-                    c.discard();
-                } else {
-                    c.finish(End::RuntimeReset(code));
+            (
+                Side::Caller,
+                Event::Data {
+                    stream,
+                    data,
+                    end_stream,
+                },
+            ) => {
+                if let Some(c) = calls.get_mut(&stream) {
+                    c.on_request_data(data);
+                    if end_stream {
+                        c.on_request_end();
+                    }
                 }
             }
-        }
-        (Side::Runtime, Event::GoAway { last_stream, code }) => {
-            // Streams above `last_stream` were never processed: the caller retries them.
-            let unprocessed: Vec<u32> =
-                calls.keys().copied().filter(|s| *s > last_stream).collect();
-            tracing::debug!(
-                last_stream,
-                code,
-                unprocessed = unprocessed.len(),
-                "runtime sent GOAWAY"
-            );
-            for s in unprocessed {
-                if let Some(c) = calls.remove(&s) {
-                    c.discard();
+            (Side::Caller, Event::Reset { stream, .. }) => {
+                if let Some(c) = calls.remove(&stream) {
+                    c.finish(End::CallerGone);
                 }
             }
+            (
+                Side::Runtime,
+                Event::Headers {
+                    stream,
+                    head,
+                    end_stream,
+                },
+            ) => {
+                if let Some(c) = calls.get_mut(&stream) {
+                    c.on_response_headers(&head);
+                }
+                if end_stream && let Some(c) = calls.remove(&stream) {
+                    c.finish(End::Completed);
+                }
+            }
+            (
+                Side::Runtime,
+                Event::Data {
+                    stream,
+                    data,
+                    end_stream,
+                },
+            ) => {
+                if let Some(c) = calls.get_mut(&stream) {
+                    c.on_response_data(data);
+                }
+                if end_stream && let Some(c) = calls.remove(&stream) {
+                    c.finish(End::Completed);
+                }
+            }
+            (Side::Runtime, Event::Reset { stream, code }) => {
+                if let Some(c) = calls.remove(&stream) {
+                    if code == REFUSED_STREAM {
+                        tracing::debug!(
+                            stream,
+                            "runtime refused a stream; the caller may retry it"
+                        );
+                        c.discard();
+                    } else {
+                        c.finish(End::RuntimeReset(code));
+                    }
+                }
+            }
+            (Side::Runtime, Event::GoAway { last_stream, code }) => {
+                // Streams above `last_stream` were never processed: the caller retries them.
+                let unprocessed: Vec<u32> =
+                    calls.keys().copied().filter(|s| *s > last_stream).collect();
+                tracing::debug!(
+                    last_stream,
+                    code,
+                    unprocessed = unprocessed.len(),
+                    "runtime sent GOAWAY"
+                );
+                for s in unprocessed {
+                    if let Some(c) = calls.remove(&s) {
+                        c.discard();
+                    }
+                }
+            }
+            (Side::Caller, Event::GoAway { .. }) => {}
         }
-        (Side::Caller, Event::GoAway { .. }) => {}
+        Ok(())
     }
-    Ok(())
 }
 
 #[cfg(test)]
