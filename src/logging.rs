@@ -24,8 +24,6 @@ pub fn dropped_lines() -> u64 {
 /// Keep the returned guard until exit: dropping it flushes the lines still queued.
 pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // The HPACK decoder traces every header field it decodes: never useful here, and costly.
-    let filter = filter.add_directive("loona_hpack=off".parse().expect("static directive"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(BUFFERED_LINES)

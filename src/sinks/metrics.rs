@@ -125,7 +125,7 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_interposer_unobserved_connections_total",
         Counter,
         ["cause"],
-        "Connections the interposer relays without observing them from some point on, by cause (not_http2|protocol|hpack|limit)."
+        "Connections the interposer relays without observing them from some point on, by cause (not_http2|protocol|hpack|limit|internal)."
     ),
     family!(
         "pullwatch_log_lines_dropped_total",

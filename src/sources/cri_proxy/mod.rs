@@ -13,6 +13,7 @@
 pub mod budget;
 mod call;
 pub mod decode;
+pub mod hpack;
 pub mod loop_guard;
 pub mod methods;
 pub mod observer;

@@ -69,7 +69,17 @@ impl ConnectionObserver {
                 limit = calls.on_event(side, ev).err();
             }
         };
-        let result = reader.feed(bytes, &mut on);
+        // A panic here would take kubelet's relay down with it: contain it, stop observing.
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.feed(bytes, &mut on)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(Unobservable::Internal(what))
+                });
         if let Some(e) = result.err().or(limit) {
             self.give_up(e);
         }

@@ -7,8 +7,7 @@
 //! does not understand, or that would take more memory than its limits, ends observation with an
 //! [`Unobservable`] cause; the bytes were forwarded before it looked at them.
 
-use loona_hpack::Decoder;
-use std::borrow::Cow;
+use crate::sources::cri_proxy::hpack::Decoder;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -144,6 +143,9 @@ pub enum Unobservable {
     /// The observer's memory or stream limits.
     #[error("over the observer's limits: {0}")]
     Limit(&'static str),
+    /// The observer itself failed (a bug: it panicked); the relay is not affected.
+    #[error("the observer failed: {0}")]
+    Internal(String),
 }
 
 impl Unobservable {
@@ -154,11 +156,12 @@ impl Unobservable {
             Unobservable::Protocol(_) => "protocol",
             Unobservable::Hpack(_) => "hpack",
             Unobservable::Limit(_) => "limit",
+            Unobservable::Internal(_) => "internal",
         }
     }
 
     /// Every cause label.
-    pub const CAUSES: [&'static str; 4] = ["not_http2", "protocol", "hpack", "limit"];
+    pub const CAUSES: [&'static str; 5] = ["not_http2", "protocol", "hpack", "limit", "internal"];
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -228,7 +231,7 @@ pub struct Reader {
     side: Side,
     state: State,
     seen_settings: bool,
-    hpack: Decoder<'static>,
+    hpack: Decoder,
     payload: Vec<u8>,
     block: Option<Block>,
 }
@@ -236,8 +239,7 @@ pub struct Reader {
 impl Reader {
     /// A reader for the bytes `side` sends, from the first byte of the connection.
     pub fn new(side: Side) -> Self {
-        let mut hpack = Decoder::new();
-        hpack.set_max_allowed_table_size(MAX_HPACK_TABLE);
+        let hpack = Decoder::new(MAX_HPACK_TABLE);
         Self {
             side,
             state: match side {
@@ -542,9 +544,7 @@ impl Reader {
         };
         let mut head = Head::default();
         self.hpack
-            .decode_with_cb(&block.fragment, |n: Cow<[u8]>, v: Cow<[u8]>| {
-                head.field(&n, &v);
-            })
+            .decode(&block.fragment, |n, v| head.field(n, v))
             .map_err(|e| Unobservable::Hpack(e.to_string()))?;
         // A pushed request (never used by gRPC) is decoded for the table's sake only.
         if !block.push {
