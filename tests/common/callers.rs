@@ -3,6 +3,7 @@
 //! with raw request bytes and prints the outcome as JSON. They send what real callers send: a
 //! socket path or `localhost` as `:authority`, Huffman-coded headers, their own settings.
 
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -88,17 +89,26 @@ fn callers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/callers")
 }
 
-/// The grpc-go caller, built once per test binary into the target directory.
+/// The grpc-go caller, built into the target directory once per version of its source.
 fn grpc_go() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        let src = callers_dir().join("grpc-go/main.go");
+        let text = std::fs::read(&src).expect("tests/callers/grpc-go/main.go");
         let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-callers");
         std::fs::create_dir_all(&target).unwrap();
-        let bin = target.join(format!("grpc-go-caller-{}", std::process::id()));
+        let bin = target.join(format!(
+            "grpc-go-caller-{}",
+            &hex::encode(Sha256::digest(&text))[..16]
+        ));
+        if bin.exists() {
+            return bin;
+        }
+        let tmp = target.join(format!("grpc-go-caller.tmp-{}", std::process::id()));
         let out = Command::new("go")
             .args(["build", "-o"])
-            .arg(&bin)
-            .arg(callers_dir().join("grpc-go/main.go"))
+            .arg(&tmp)
+            .arg(&src)
             .env("GO111MODULE", "off")
             .env("GOPATH", "/usr/share/gocode")
             .env("GOCACHE", target.join("go-cache"))
@@ -109,6 +119,7 @@ fn grpc_go() -> PathBuf {
             "building the grpc-go caller: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        std::fs::rename(&tmp, &bin).unwrap();
         bin
     })
     .clone()
