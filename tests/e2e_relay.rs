@@ -136,17 +136,25 @@ async fn a_caller_that_stops_reading_does_not_slow_another() {
     );
 }
 
-/// Writes `bytes` on a new connection to `sock` (while reading), then reads what comes back
-/// until the other side closes.
-async fn exchange(sock: &Path, bytes: Vec<u8>) -> Vec<u8> {
+/// On a new connection to `sock`: writes `opening` and reads the answer until the runtime is
+/// quiet (so the runtime's SETTINGS and ACK do not race what follows), then writes `rest` (while
+/// reading) and reads until the runtime closes. Returns all it read.
+async fn exchange(sock: &Path, opening: &[u8], rest: Vec<u8>) -> Vec<u8> {
     let s = UnixStream::connect(sock).await.unwrap();
     let (mut r, mut w) = s.into_split();
-    let writer = tokio::spawn(async move {
-        let _ = w.write_all(&bytes).await;
-        w
-    });
+    w.write_all(opening).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(300), r.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let writer = tokio::spawn(async move {
+        let _ = w.write_all(&rest).await;
+        w
+    });
     loop {
         match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) => break,
@@ -163,40 +171,30 @@ async fn what_the_observer_cannot_follow_still_gets_the_runtimes_answer() {
     let sb = Sandbox::start().await;
     let agent = Agent::start(&sb, &["--log-level", "info"]);
     let settings = frame(0x4, 0, 0, &[]);
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+    let opened = [PREFACE, &settings].concat();
+    let cases: Vec<(&str, &[u8], Vec<u8>, &str)> = vec![
         (
             "garbage after the preface",
-            [
-                PREFACE,
-                b"this is not an HTTP/2 frame at all, not even close",
-            ]
-            .concat(),
+            PREFACE,
+            b"this is not an HTTP/2 frame at all, not even close".to_vec(),
             "protocol",
         ),
         (
             "an HPACK index past the table",
-            [
-                PREFACE,
-                &settings,
-                &frame(0x1, 0x5, 1, &[0x82, 0x86, 0xff, 0x7f]),
-            ]
-            .concat(),
+            &opened,
+            frame(0x1, 0x5, 1, &[0x82, 0x86, 0xff, 0x7f]),
             "hpack",
         ),
         (
             "an oversized header frame",
-            [
-                PREFACE,
-                &settings,
-                &frame(0x1, 0x4, 1, &vec![0x82; (1 << 20) + 10]),
-            ]
-            .concat(),
+            &opened,
+            frame(0x1, 0x4, 1, &vec![0x82; (1 << 20) + 10]),
             "limit",
         ),
     ];
-    for (what, bytes, cause) in cases {
-        let direct = exchange(&sb.containerd_sock, bytes.clone()).await;
-        let proxied = exchange(&agent.proxy_sock, bytes).await;
+    for (what, opening, rest, cause) in cases {
+        let direct = exchange(&sb.containerd_sock, opening, rest.clone()).await;
+        let proxied = exchange(&agent.proxy_sock, opening, rest).await;
         assert!(!direct.is_empty(), "{what}: containerd said nothing");
         assert_eq!(
             hex::encode(&proxied),
