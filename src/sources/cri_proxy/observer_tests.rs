@@ -8,15 +8,12 @@ use crate::cri::{
 use crate::grpc::frame::encode;
 use crate::recorder::RecorderConfig;
 use crate::sources::cri_proxy::wire::tests::build::*;
+use crate::sources::cri_proxy::wire::{
+    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS,
+};
 use prost::Message;
 
 const PULL: &str = "/runtime.v1.ImageService/PullImage";
-const HEADERS: u8 = 0x1;
-const DATA: u8 = 0x0;
-const RST_STREAM: u8 = 0x3;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 
 fn observer() -> (ConnectionObserver, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::new(&RecorderConfig::default()).unwrap());
@@ -57,7 +54,7 @@ fn pull_call(stream: u32, image: &str, open: bool, extra: &[(&str, &str)]) -> Ve
 }
 
 fn runtime_open() -> Vec<u8> {
-    frame(0x4, 0, 0, &[])
+    frame(SETTINGS, 0, 0, &[])
 }
 
 fn count(r: &Recorder, method: &str, code: &str) -> u64 {

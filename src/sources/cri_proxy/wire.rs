@@ -21,18 +21,19 @@ pub const MAX_HPACK_TABLE: usize = 64 << 10;
 /// Longest value kept of a header the interposer reads (`grpc-message` can be a long error).
 const MAX_VALUE: usize = 16 << 10;
 
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const PUSH_PROMISE: u8 = 0x5;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
+/// Frame types and flags (RFC 9113 §6).
+pub(crate) const DATA: u8 = 0x0;
+pub(crate) const HEADERS: u8 = 0x1;
+pub(crate) const RST_STREAM: u8 = 0x3;
+pub(crate) const SETTINGS: u8 = 0x4;
+pub(crate) const PUSH_PROMISE: u8 = 0x5;
+pub(crate) const GOAWAY: u8 = 0x7;
+pub(crate) const CONTINUATION: u8 = 0x9;
 
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
-const PADDED: u8 = 0x8;
-const PRIORITY: u8 = 0x20;
+pub(crate) const END_STREAM: u8 = 0x1;
+pub(crate) const END_HEADERS: u8 = 0x4;
+pub(crate) const PADDED: u8 = 0x8;
+pub(crate) const PRIORITY: u8 = 0x20;
 
 /// Who sent the bytes of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
