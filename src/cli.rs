@@ -39,7 +39,9 @@ pub enum LogFormat {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Unix socket the CRI interposer listens on; point kubelet's `imageServiceEndpoint`
-    /// (or `--image-service-endpoint`) at `unix://PATH`. Without it the interposer is off.
+    /// (or `--image-service-endpoint`) at `unix://PATH`. Each connection is relayed byte for byte
+    /// to its own connection to --runtime-socket and observed on a copy. Without it the
+    /// interposer is off.
     #[arg(long, env = "PULLWATCH_CRI_PROXY_SOCKET", value_name = "PATH")]
     pub cri_proxy_socket: Option<PathBuf>,
 
@@ -57,7 +59,8 @@ pub struct RunArgs {
     #[arg(long, env = "PULLWATCH_CRI_PROXY_SOCKET_GROUP", value_name = "GROUP")]
     pub cri_proxy_socket_group: Option<String>,
 
-    /// The container runtime's CRI socket the interposer forwards to.
+    /// The container runtime's CRI socket the interposer relays to (never pullwatch's own socket:
+    /// refused at start).
     #[arg(
         long,
         env = "PULLWATCH_RUNTIME_SOCKET",
@@ -180,7 +183,8 @@ pub struct RunArgs {
     )]
     pub listen: String,
 
-    /// Limit for connecting to the runtime socket before callers get UNAVAILABLE.
+    /// Limit for connecting to the runtime socket; past it (or on a refused connect) the
+    /// caller's connection is closed at once, as the runtime's own socket would refuse it.
     #[arg(
         long,
         env = "PULLWATCH_CONNECT_TIMEOUT",
@@ -189,7 +193,8 @@ pub struct RunArgs {
     )]
     pub connect_timeout: String,
 
-    /// On SIGTERM, how long in-flight CRI calls may take to finish.
+    /// On SIGTERM the interposer stops accepting and removes its socket, closes each connection
+    /// once no call is open on it, and closes the rest after this long.
     #[arg(
         long,
         env = "PULLWATCH_SHUTDOWN_GRACE",
