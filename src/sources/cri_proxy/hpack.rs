@@ -224,7 +224,8 @@ impl Decoder {
     }
 
     /// Bytes held by the dynamic table, as HPACK counts them.
-    pub fn table_size(&self) -> usize {
+    #[cfg(test)]
+    fn table_size(&self) -> usize {
         self.size
     }
 }

@@ -60,16 +60,6 @@ pub struct CriProxy {
     budget: Arc<Budget>,
 }
 
-impl Tap for Mutex<ConnectionObserver> {
-    fn bytes(&self, side: Side, bytes: &[u8]) {
-        self.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(side, bytes);
-    }
-}
-
-use relay::Tap;
-
 /// Counts a relayed connection in `pullwatch_interposer_connections_open` while it lives (also
 /// when its task is cut at the end of the shutdown grace).
 struct OpenConnection(prometheus::IntGauge);

@@ -7,9 +7,20 @@
 use crate::recorder::Recorder;
 use crate::sources::cri_proxy::budget::{self, Budget, Lease};
 use crate::sources::cri_proxy::call::{Call, End};
+use crate::sources::cri_proxy::relay::Tap;
 use crate::sources::cri_proxy::wire::{Event, Reader, Side, Unobservable};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// The relay hands each forwarded piece to the connection's observer: an uncontended lock (one
+/// task holds both directions) and a parse that never waits on anything.
+impl Tap for Mutex<ConnectionObserver> {
+    fn bytes(&self, side: Side, bytes: &[u8]) {
+        self.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(side, bytes);
+    }
+}
 
 /// Calls tracked at once on one connection; more ends observation of the connection.
 pub const MAX_STREAMS: usize = 10_000;
@@ -91,14 +102,10 @@ impl ConnectionObserver {
         self.failed.is_none() && self.calls.open.is_empty()
     }
 
-    /// Whether the observer has given up on this connection.
-    pub fn is_observing(&self) -> bool {
+    /// Whether the observer still follows this connection.
+    #[cfg(test)]
+    pub(crate) fn is_observing(&self) -> bool {
         self.failed.is_none()
-    }
-
-    /// Whether the runtime's direction stands between frames (bytes could be inserted there).
-    pub fn runtime_at_frame_boundary(&self) -> bool {
-        self.failed.is_none() && self.runtime.at_frame_boundary()
     }
 
     /// The connection ended; `first` is the side whose end (EOF or error) came first. Open

@@ -19,16 +19,10 @@ pub trait Tap {
     fn bytes(&self, side: Side, bytes: &[u8]);
 }
 
-/// How one direction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    /// The sender closed its side; the receiver's write was shut down in turn.
-    Eof,
-    /// Reading or writing failed.
-    Error,
-}
-
-async fn pump<R, W>(mut from: R, mut to: W, side: Side, tap: &impl Tap) -> Ended
+/// Copies what `side` sends (`from`) to the other side (`to`) until `side` ends its sending
+/// (then `to`'s write side is shut, as a close would) or writing to the other side fails.
+/// Returns the side that went away.
+async fn pump<R, W>(mut from: R, mut to: W, side: Side, tap: &impl Tap) -> Side
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -36,25 +30,24 @@ where
     let mut buf = vec![0u8; BUFFER];
     loop {
         let n = match from.read(&mut buf).await {
-            Ok(0) => {
+            Ok(0) | Err(_) => {
                 let _ = to.shutdown().await;
-                return Ended::Eof;
+                return side;
             }
             Ok(n) => n,
-            Err(_) => {
-                let _ = to.shutdown().await;
-                return Ended::Error;
-            }
         };
         if to.write_all(&buf[..n]).await.is_err() {
-            return Ended::Error;
+            return match side {
+                Side::Caller => Side::Runtime,
+                Side::Runtime => Side::Caller,
+            };
         }
         tap.bytes(side, &buf[..n]);
     }
 }
 
 /// Relays until both directions ended (the second within [`LINGER`] of the first). Returns the
-/// side that ended first. When one side goes away its peer's write is shut down, as a close
+/// side that went away first. When one side goes away its peer's write is shut down, as a close
 /// would, and what the peer still sends is passed on: the caller gets the runtime's last
 /// frames, as it would directly.
 pub async fn relay(mut caller: UnixStream, mut runtime: UnixStream, tap: &impl Tap) -> Side {
@@ -63,16 +56,11 @@ pub async fn relay(mut caller: UnixStream, mut runtime: UnixStream, tap: &impl T
     let up = pump(cr, rw, Side::Caller, tap);
     let down = pump(rr, cw, Side::Runtime, tap);
     tokio::pin!(up, down);
-    let first = tokio::select! {
-        _ = &mut up => Side::Caller,
-        _ = &mut down => Side::Runtime,
+    let (first, up_ended) = tokio::select! {
+        gone = &mut up => (gone, true),
+        gone = &mut down => (gone, false),
     };
-    let rest = async {
-        match first {
-            Side::Caller => drop(down.await),
-            Side::Runtime => drop(up.await),
-        }
-    };
+    let rest = async { if up_ended { down.await } else { up.await } };
     let _ = tokio::time::timeout(LINGER, rest).await;
     first
 }

@@ -44,16 +44,6 @@ pub enum Side {
     Runtime,
 }
 
-impl Side {
-    /// The other direction.
-    pub fn other(self) -> Self {
-        match self {
-            Side::Caller => Side::Runtime,
-            Side::Runtime => Side::Caller,
-        }
-    }
-}
-
 /// The header fields of one block that the interposer reads; all others are decoded (for the
 /// HPACK table) and dropped. Values are kept raw, bounded in length.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -160,9 +150,6 @@ impl Unobservable {
             Unobservable::Internal(_) => "internal",
         }
     }
-
-    /// Every cause label.
-    pub const CAUSES: [&'static str; 5] = ["not_http2", "protocol", "hpack", "limit", "internal"];
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -229,7 +216,6 @@ struct Block {
 
 /// One direction's reader.
 pub struct Reader {
-    side: Side,
     state: State,
     seen_settings: bool,
     hpack: Decoder,
@@ -242,7 +228,6 @@ impl Reader {
     pub fn new(side: Side) -> Self {
         let hpack = Decoder::new(MAX_HPACK_TABLE);
         Self {
-            side,
             state: match side {
                 Side::Caller => State::Preface(0),
                 Side::Runtime => State::FrameHeader {
@@ -257,14 +242,9 @@ impl Reader {
         }
     }
 
-    /// Whether the reader stands between two frames (nothing of a frame is pending), so bytes
-    /// of one's own could be inserted here without breaking the stream.
-    pub fn at_frame_boundary(&self) -> bool {
-        matches!(self.state, State::FrameHeader { have: 0, .. }) && self.block.is_none()
-    }
-
     /// Bytes the reader holds for an unfinished frame or header block.
-    pub fn buffered(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
         self.payload.capacity() + self.block.as_ref().map_or(0, |b| b.fragment.capacity())
     }
 
@@ -556,11 +536,6 @@ impl Reader {
             });
         }
         Ok(())
-    }
-
-    /// The side this reader reads.
-    pub fn side(&self) -> Side {
-        self.side
     }
 }
 

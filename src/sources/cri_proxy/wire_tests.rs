@@ -345,21 +345,3 @@ fn what_it_cannot_follow_ends_observation() {
         assert_eq!((n, r.buffered()), (0, 0));
     }
 }
-
-#[test]
-fn frame_boundaries_are_known() {
-    let mut r = Reader::new(Side::Runtime);
-    assert!(r.at_frame_boundary());
-    let f = frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
-    r.feed(&f[..4], &mut |_| {}).unwrap();
-    assert!(!r.at_frame_boundary());
-    r.feed(&f[4..], &mut |_| {}).unwrap();
-    assert!(r.at_frame_boundary());
-    // Inside a header block split over CONTINUATION frames: not a boundary.
-    r.feed(&frame(HEADERS, 0, 1, &response(&[])), &mut |_| {})
-        .unwrap();
-    assert!(!r.at_frame_boundary());
-    r.feed(&frame(CONTINUATION, END_HEADERS, 1, &[]), &mut |_| {})
-        .unwrap();
-    assert!(r.at_frame_boundary());
-}
