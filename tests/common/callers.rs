@@ -1,7 +1,8 @@
-//! CRI callers we did not write: Python's grpcio and grpc-go (Debian's golang-google-grpc-dev,
-//! built here offline), each a small program under `tests/callers/` that makes one unary call
-//! with raw request bytes and prints the outcome as JSON. They send what real callers send: a
-//! socket path or `localhost` as `:authority`, Huffman-coded headers, their own settings.
+//! CRI callers: tonic (ours, in process), and callers we did not write: Python's grpcio and
+//! grpc-go (Debian's golang-google-grpc-dev, built here offline), each a small program under
+//! `tests/callers/` that makes one unary call with raw request bytes and prints the outcome as
+//! JSON. They send what real callers send: a socket path or `localhost` as `:authority`,
+//! Huffman-coded headers, their own settings.
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,8 @@ use std::time::Duration;
 /// A caller and how it sets `:authority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
+    /// tonic, as `pullwatch pull` and the tests use it (authority `localhost`).
+    Tonic,
     /// grpcio with its default for `unix:` targets (the percent-encoded socket path).
     GrpcioDefault,
     /// grpcio with `grpc.default_authority = localhost`.
@@ -24,7 +27,8 @@ pub enum Caller {
 
 impl Caller {
     /// Every caller.
-    pub const ALL: [Caller; 4] = [
+    pub const ALL: [Caller; 5] = [
+        Caller::Tonic,
         Caller::GrpcioDefault,
         Caller::GrpcioLocalhost,
         Caller::GrpcGoBarePath,
@@ -34,6 +38,7 @@ impl Caller {
     /// A short name (used as pod name in the tests).
     pub fn name(self) -> &'static str {
         match self {
+            Caller::Tonic => "tonic",
             Caller::GrpcioDefault => "grpcio-default",
             Caller::GrpcioLocalhost => "grpcio-localhost",
             Caller::GrpcGoBarePath => "grpc-go-bare-path",
@@ -52,7 +57,9 @@ impl Caller {
                 c.arg(callers_dir().join("grpc_caller.py"));
                 c
             }
-            Caller::GrpcGoBarePath | Caller::GrpcGoLocalhost => Command::new(grpc_go()),
+            Caller::GrpcGoBarePath | Caller::GrpcGoLocalhost | Caller::Tonic => {
+                Command::new(grpc_go())
+            }
         };
         c.args(["--authority", authority]);
         c
@@ -127,6 +134,9 @@ fn grpc_go() -> PathBuf {
 
 /// Makes `call` with `caller` on the socket `sock`.
 pub async fn call(caller: Caller, sock: &Path, call: &Call<'_>) -> Reply {
+    if caller == Caller::Tonic {
+        return tonic_call(sock, call).await;
+    }
     let mut cmd = caller.command();
     cmd.arg("--socket")
         .arg(sock)
@@ -162,5 +172,65 @@ pub async fn call(caller: Caller, sock: &Path, call: &Call<'_>) -> Reply {
         code: v["code"].as_i64().unwrap(),
         message: v["message"].as_str().unwrap().to_string(),
         response: v["response"].as_str().unwrap().to_string(),
+    }
+}
+
+/// The call made with pullwatch's own tonic client and the generated CRI types.
+async fn tonic_call(sock: &Path, call: &Call<'_>) -> Reply {
+    use prost::Message;
+    use pullwatch::cri::{ImageStatusRequest, PullImageRequest, VersionRequest};
+    fn request<T>(msg: T, call: &Call<'_>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(call.timeout.unwrap_or(Duration::from_secs(60)));
+        if let Some(t) = call.traceparent {
+            r.metadata_mut().insert("traceparent", t.parse().unwrap());
+        }
+        r
+    }
+    let reply = |r: Result<Vec<u8>, tonic::Status>| match r {
+        Ok(bytes) => Reply {
+            code: 0,
+            message: String::new(),
+            response: hex::encode(bytes),
+        },
+        Err(s) => Reply {
+            code: s.code() as i64,
+            message: s.message().to_string(),
+            response: String::new(),
+        },
+    };
+    let mut c = match pullwatch::cri_client::CriClient::connect(sock, Duration::from_secs(5)).await
+    {
+        Ok(c) => c,
+        Err(e) => return reply(Err(tonic::Status::unavailable(e.to_string()))),
+    };
+    let bytes = &call.request[..];
+    let fut = async {
+        match call.method {
+            "/runtime.v1.RuntimeService/Version" => c
+                .runtime
+                .version(request(VersionRequest::decode(bytes).unwrap(), call))
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+            "/runtime.v1.ImageService/ImageStatus" => c
+                .images
+                .image_status(request(ImageStatusRequest::decode(bytes).unwrap(), call))
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+            "/runtime.v1.ImageService/PullImage" => c
+                .images
+                .pull_image(request(PullImageRequest::decode(bytes).unwrap(), call))
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+            other => panic!("the tonic caller has no type for {other}"),
+        }
+    };
+    match call.cancel_after {
+        // Dropping the call's future resets its stream (CANCEL), as kubelet's context cancel does.
+        Some(after) => match tokio::time::timeout(after, fut).await {
+            Ok(r) => reply(r),
+            Err(_) => reply(Err(tonic::Status::cancelled("canceled by the caller"))),
+        },
+        None => reply(fut.await),
     }
 }
