@@ -9,7 +9,7 @@
 //! pullwatch. With `PULLWATCH_BENCH_BASELINE=/path/to/pullwatch` a fourth path runs another
 //! pullwatch build (e.g. the previous design) side by side in the same run.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 
 use common::agent::Agent;
@@ -18,8 +18,8 @@ use common::sandbox::Sandbox;
 use pullwatch::core::attempt::{Outcome, PodRef, PullAttempt, Source};
 use pullwatch::core::classifier::classify_message;
 use pullwatch::core::reference::ImageRef;
+use pullwatch::cri::client::CriClient;
 use pullwatch::cri::{ImageSpec, ImageStatusRequest, ListImagesRequest, VersionRequest};
-use pullwatch::cri_client::CriClient;
 use pullwatch::recorder::{Recorder, RecorderConfig};
 use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;

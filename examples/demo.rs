@@ -5,7 +5,7 @@
 //! Run with `sudo ./scripts/demo.sh` (it installs the Debian packages and builds first).
 //! Needs root: containerd's CRI plugin and the private DNS namespace require it.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/e2e/common/mod.rs"]
 mod common;
 
 use common::agent::Agent;

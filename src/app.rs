@@ -183,8 +183,11 @@ pub async fn run(
         source_tasks.push(tokio::spawn(probe.run(stop_rx.clone())));
     }
     if let Some((socket, interval)) = config.runtime_status.clone() {
-        let source =
-            crate::sources::cri_client::CriClientSource::new(socket, interval, recorder.clone());
+        let source = crate::sources::runtime_status::RuntimeStatusSource::new(
+            socket,
+            interval,
+            recorder.clone(),
+        );
         source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
     }
     ready.set(true);

@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod cri;
-pub mod cri_client;
 pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -3,7 +3,7 @@
 use clap::Parser;
 use pullwatch::cli::{Cli, Command, LogFormat};
 use pullwatch::config::RunConfig;
-use pullwatch::cri_client::CriClient;
+use pullwatch::cri::client::CriClient;
 use pullwatch::pull::{PullRequest, pull};
 use pullwatch::{app, explain, logging, signal};
 use std::io::IsTerminal;
@@ -45,8 +45,11 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EX_USAGE, e),
             };
-            let _log = logging::init(config.log_format, &config.log_level);
-            match rt.block_on(app::run(config, signal::shutdown())) {
+            let log = logging::init(config.log_format, &config.log_level);
+            let result = rt.block_on(app::run(config, signal::shutdown()));
+            // Flush the queued log lines first: the one-line error is the last thing printed.
+            drop(log);
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.is_usage() => fail(EX_USAGE, e),
                 Err(e) => fail(1, e),

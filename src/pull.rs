@@ -3,8 +3,8 @@
 use crate::cli::PullArgs;
 use crate::core::attempt::Outcome;
 use crate::core::reason::Reason;
+use crate::cri::client::CriClient;
 use crate::cri::{AuthConfig, ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest};
-use crate::cri_client::CriClient;
 use std::time::{Duration, Instant};
 use tonic::Code;
 

@@ -1,10 +1,8 @@
 //! The Kubernetes API source end to end: the real pullwatch binary, with kube-rs's client and
 //! watcher, against a scripted API server fed realistic Pod and Event JSON of recent kubelets.
 
-mod common;
-
-use common::agent::{Agent, sum};
-use common::kube_api::{Kind, KubeApi, kubelet_event, pod, running, waiting};
+use crate::common::agent::{Agent, sum};
+use crate::common::kube_api::{Kind, KubeApi, kubelet_event, pod, running, waiting};
 use std::time::Duration;
 
 const NODE: &str = "node-a";

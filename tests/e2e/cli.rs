@@ -1,9 +1,7 @@
 //! The binary's command line: exit codes, one-line errors, explain and pull.
 
-mod common;
-
-use common::image::TestImage;
-use common::sandbox::Sandbox;
+use crate::common::image::TestImage;
+use crate::common::sandbox::Sandbox;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -201,7 +199,7 @@ fn run_creates_the_socket_with_the_configured_mode_and_group() {
     // As root (CI) give it to `nogroup`; otherwise only our own group is allowed.
     let gid = if me.uid() == 0 { 65534 } else { me.gid() };
     let gid_arg = gid.to_string();
-    let agent = common::agent::Agent::start_proxy_to(
+    let agent = crate::common::agent::Agent::start_proxy_to(
         dir.path(),
         &dir.path().join("no-runtime.sock"),
         &[

@@ -1,12 +1,10 @@
 //! End to end: real containerd + registries, pulls through the real `pullwatch run` interposer;
 //! asserts the classification of every fault the harness can provoke, and the metrics.
 
-mod common;
-
-use common::agent::{Agent, sum};
-use common::image::TestImage;
-use common::sandbox::{SLOW_LAYER_BYTES, Sandbox};
-use common::{message_of, pull_as, reason_of};
+use crate::common::agent::{Agent, sum};
+use crate::common::image::TestImage;
+use crate::common::sandbox::{SLOW_LAYER_BYTES, Sandbox};
+use crate::common::{message_of, pull_as, reason_of};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,8 +144,10 @@ async fn every_provokable_reason_is_classified_and_counted() {
     assert!(wrong.is_empty(), "misclassified:\n{}", wrong.join("\n"));
 
     let failures = cases.iter().filter(|c| c.1 != "success").count() as f64;
-    let m = agent.scrape_until("every attempt recorded", |m| {
+    // Recorded, and none left in flight (a pull leaves the gauge just after its record).
+    let m = agent.scrape_until("every attempt recorded, none in flight", |m| {
         sum(m, "pullwatch_image_pull_duration_seconds_count", &[]) >= cases.len() as f64
+            && sum(m, "pullwatch_image_pulls_in_flight", &[]) == 0.0
     });
     assert_eq!(
         sum(&m, "pullwatch_image_pulls_total", &[("result", "success")]),

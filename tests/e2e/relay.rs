@@ -3,14 +3,12 @@
 //! observer cannot follow still gets exactly the runtime's answer while it is counted as
 //! unobserved.
 
-mod common;
-
-use common::agent::{Agent, sum};
-use common::image::TestImage;
-use common::sandbox::Sandbox;
+use crate::common::agent::{Agent, sum};
+use crate::common::image::TestImage;
+use crate::common::sandbox::Sandbox;
 use prost::Message;
+use pullwatch::cri::client::CriClient;
 use pullwatch::cri::{ImageSpec, ImageStatusRequest, VersionRequest};
-use pullwatch::cri_client::CriClient;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -232,9 +230,9 @@ async fn a_stuck_stderr_never_stalls_the_relay() {
     let sb = Sandbox::start().await;
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("pw.sock");
-    let addr = format!("127.0.0.1:{}", common::sandbox::free_port());
+    let addr = format!("127.0.0.1:{}", crate::common::sandbox::free_port());
     // stderr is a pipe nobody reads: it fills after 64 KiB, as journald's would when it stalls.
-    let mut child = std::process::Command::new(common::agent::pullwatch_bin())
+    let mut child = std::process::Command::new(crate::common::agent::pullwatch_bin())
         .args(["run", "--cri-proxy-socket"])
         .arg(&sock)
         .arg("--runtime-socket")
@@ -295,7 +293,7 @@ async fn a_stuck_stderr_never_stalls_the_relay() {
     );
     assert!(worst < Duration::from_secs(2), "a call waited {worst:?}");
     let scrape = || {
-        common::agent::http_get(addr.parse().unwrap(), "/metrics")
+        crate::common::agent::http_get(addr.parse().unwrap(), "/metrics")
             .unwrap()
             .1
     };

@@ -2,13 +2,11 @@
 //! harness, and PromQL over `pullwatch_image_pull_failures_total` returns the expected reasons.
 //! Also checks the exposition with `promtool check metrics`.
 
-mod common;
-
-use common::agent::Agent;
-use common::image::TestImage;
-use common::prometheus::{query, start_prometheus};
-use common::sandbox::{Sandbox, require};
-use common::{pull_as, reason_of};
+use crate::common::agent::Agent;
+use crate::common::image::TestImage;
+use crate::common::prometheus::{query, start_prometheus};
+use crate::common::sandbox::{Sandbox, require};
+use crate::common::{pull_as, reason_of};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;

@@ -11,7 +11,7 @@ pub mod prometheus;
 pub mod sandbox;
 
 use pullwatch::core::attempt::Outcome;
-use pullwatch::cri_client::CriClient;
+use pullwatch::cri::client::CriClient;
 use pullwatch::pull::{PullReport, PullRequest, pull};
 use std::path::Path;
 use std::time::Duration;

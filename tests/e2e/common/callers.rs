@@ -199,7 +199,7 @@ async fn tonic_call(sock: &Path, call: &Call<'_>) -> Reply {
             response: String::new(),
         },
     };
-    let mut c = match pullwatch::cri_client::CriClient::connect(sock, Duration::from_secs(5)).await
+    let mut c = match pullwatch::cri::client::CriClient::connect(sock, Duration::from_secs(5)).await
     {
         Ok(c) => c,
         Err(e) => return reply(Err(tonic::Status::unavailable(e.to_string()))),

@@ -2,10 +2,8 @@
 //! (exporter toolkit format, bcrypt hashes), scraped by real Prometheus; wrong credentials and
 //! plain HTTP are refused, probes stay open, nothing secret is logged.
 
-mod common;
-
-use common::agent::Agent;
-use common::prometheus::{query, start_prometheus_with_jobs};
+use crate::common::agent::Agent;
+use crate::common::prometheus::{query, start_prometheus_with_jobs};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -116,8 +114,8 @@ fn curl(dir: &Path, url: &str, extra: &[&str]) -> u16 {
 
 #[test]
 fn metrics_over_tls_with_basic_auth_scraped_by_prometheus() {
-    common::sandbox::require("openssl");
-    common::sandbox::require("curl");
+    crate::common::sandbox::require("openssl");
+    crate::common::sandbox::require("curl");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     certs(d);
@@ -220,7 +218,7 @@ fn bad_web_configs_exit_64_naming_the_setting() {
     ] {
         let web = d.join("web.yml");
         std::fs::write(&web, yaml).unwrap();
-        let o = Command::new(common::agent::pullwatch_bin())
+        let o = Command::new(crate::common::agent::pullwatch_bin())
             .args([
                 "run",
                 "--cri-proxy-socket",
@@ -243,8 +241,8 @@ fn bad_web_configs_exit_64_naming_the_setting() {
 
 #[test]
 fn client_certificates_when_required() {
-    common::sandbox::require("openssl");
-    common::sandbox::require("curl");
+    crate::common::sandbox::require("openssl");
+    crate::common::sandbox::require("curl");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     certs(d);

@@ -3,11 +3,9 @@
 //! registry that is out of quota (429), one with unreadable headers, one whose token endpoint
 //! refuses, and one without limits.
 
-mod common;
-
+use crate::common::agent::{Agent, sum};
+use crate::common::fault_registry::{FaultRegistry, QUOTA_PASSWORD, QUOTA_USER};
 use base64::Engine;
-use common::agent::{Agent, sum};
-use common::fault_registry::{FaultRegistry, QUOTA_PASSWORD, QUOTA_USER};
 
 /// Probe flags (trace logging, so the credential check reads everything).
 fn probe_args<'a>(specs: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
@@ -219,7 +217,7 @@ fn bad_probe_flags_exit_with_one_line() {
             "only used with --ratelimit-probe",
         ),
     ] {
-        let out = std::process::Command::new(common::agent::pullwatch_bin())
+        let out = std::process::Command::new(crate::common::agent::pullwatch_bin())
             .arg("run")
             .args(&args)
             .output()

@@ -1,14 +1,12 @@
 //! End to end: faults the interposer must survive — the runtime dying mid-pull, many concurrent
 //! streams, and messages near the CRI size limit.
 
-mod common;
-
-use common::agent::{Agent, sum};
-use common::image::TestImage;
-use common::sandbox::Sandbox;
-use common::{pull_as, reason_of};
+use crate::common::agent::{Agent, sum};
+use crate::common::image::TestImage;
+use crate::common::sandbox::Sandbox;
+use crate::common::{pull_as, reason_of};
+use pullwatch::cri::client::CriClient;
 use pullwatch::cri::{ImageSpec, ImageStatusRequest, VersionRequest};
-use pullwatch::cri_client::CriClient;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);
@@ -177,7 +175,7 @@ async fn a_flood_of_registries_and_namespaces_stays_under_the_caps() {
     let m = agent.scrape_until("every attempt", |m| {
         sum(m, "pullwatch_image_pulls_total", &[]) == 30.0
     });
-    let series = common::agent::parse_metrics(&m);
+    let series = crate::common::agent::parse_metrics(&m);
     let values = |metric: &str, label: &str| -> std::collections::BTreeSet<String> {
         series
             .iter()

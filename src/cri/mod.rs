@@ -1,8 +1,15 @@
-//! Generated types and gRPC stubs for the CRI subset in `proto/cri.proto` (package `runtime.v1`),
-//! plus pullwatch's decoding views.
-#![allow(missing_docs, clippy::all, clippy::pedantic)]
+//! The CRI protocol: generated types and gRPC stubs for the subset in `proto/cri.proto` (package
+//! `runtime.v1`) with pullwatch's decoding views, and the client ([`client`]) that
+//! `pullwatch pull`, the runtime status source and the tests use.
 
-tonic::include_proto!("runtime.v1");
+pub mod client;
+
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+mod generated {
+    tonic::include_proto!("runtime.v1");
+}
+
+pub use generated::*;
 
 /// Redacting `Debug`: shows which credential fields are set, never their values.
 impl std::fmt::Debug for AuthConfig {

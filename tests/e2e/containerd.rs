@@ -1,14 +1,12 @@
 //! End to end for passive mode: the containerd source (downloads in flight, stalls, completions,
 //! reconnects) and the CRI client source (runtime health and inventory) against real containerd.
 
-mod common;
-
-use common::agent::{Agent, sum};
-use common::image::TestImage;
-use common::sandbox::Sandbox;
-use common::{pull_as, reason_of};
+use crate::common::agent::{Agent, sum};
+use crate::common::image::TestImage;
+use crate::common::sandbox::Sandbox;
+use crate::common::{pull_as, reason_of};
+use pullwatch::cri::client::CriClient;
 use pullwatch::cri::{ImageFsInfoRequest, ListImagesRequest};
-use pullwatch::cri_client::CriClient;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);

@@ -6,7 +6,7 @@
 use super::fault_registry::FaultRegistry;
 use super::image::TestImage;
 use pullwatch::cri::VersionRequest;
-use pullwatch::cri_client::CriClient;
+use pullwatch::cri::client::CriClient;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,9 +36,15 @@ pub fn require(bin: &str) {
     );
 }
 
-/// Answers every DNS query on `addr` with NXDOMAIN, until the process ends.
+/// Answers every DNS query on `addr` with NXDOMAIN, until the process ends. The address comes
+/// from the registry's port, which a later sandbox of the same test process may get again: then
+/// the server already there (ours, answering the same) serves it too.
 fn nxdomain_server(addr: SocketAddr) {
-    let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind DNS {addr}: {e}"));
+    let sock = match UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return,
+        Err(e) => panic!("bind DNS {addr}: {e}"),
+    };
     std::thread::spawn(move || {
         let mut buf = [0u8; 512];
         while let Ok((n, peer)) = sock.recv_from(&mut buf) {
@@ -62,10 +68,19 @@ pub struct Sandbox {
     pub containerd_sock: PathBuf,
     containerd: Option<Child>,
     registry_proc: Child,
+    /// Held for the sandbox's life: one sandbox at a time, so tests of one module never time
+    /// out because another module's load test shares the two cores (the e2e tests are one
+    /// binary, run two at a time). Tests without a sandbox still run beside it.
+    _serial: tokio::sync::OwnedMutexGuard<()>,
 }
+
+/// See `Sandbox::_serial`.
+static SERIAL: std::sync::LazyLock<std::sync::Arc<tokio::sync::Mutex<()>>> =
+    std::sync::LazyLock::new(Default::default);
 
 impl Sandbox {
     pub async fn start() -> Self {
+        let serial = SERIAL.clone().lock_owned().await;
         for bin in ["containerd", "docker-registry", "skopeo", "unshare"] {
             require(bin);
         }
@@ -161,6 +176,7 @@ state = "{state}"
             containerd_sock: sock,
             containerd: None,
             registry_proc,
+            _serial: serial,
         };
         sb.start_containerd().await;
         sb.wait_registry();

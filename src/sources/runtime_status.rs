@@ -1,10 +1,10 @@
-//! The CRI client source: polls the runtime's CRI socket for its health and inventory — version,
-//! status conditions, image count and size, image filesystem usage — so the headroom operators
-//! need (disk full is a pull failure cause) sits next to the failures. Works against any CRI
-//! runtime (containerd, CRI-O).
+//! The runtime status source (`--runtime-status-interval`; `source="cri"` in metrics): polls the
+//! runtime's CRI socket for its health and inventory — version, status conditions, image count
+//! and size, image filesystem usage — so the headroom operators need (disk full is a pull
+//! failure cause) sits next to the failures. Works against any CRI runtime (containerd, CRI-O).
 
+use crate::cri::client::CriClient;
 use crate::cri::{ImageFsInfoRequest, ListImagesRequest, StatusRequest, VersionRequest};
-use crate::cri_client::CriClient;
 use crate::recorder::Recorder;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ pub const SOURCE: &str = "cri";
 pub enum PollError {
     /// Connecting failed.
     #[error(transparent)]
-    Connect(#[from] crate::cri_client::ConnectError),
+    Connect(#[from] crate::cri::client::ConnectError),
     /// A CRI call failed.
     #[error("CRI {call}: {status}")]
     Call {
@@ -35,14 +35,14 @@ fn call(name: &'static str) -> impl FnOnce(tonic::Status) -> PollError {
 }
 
 /// The poller.
-pub struct CriClientSource {
+pub struct RuntimeStatusSource {
     socket: PathBuf,
     interval: Duration,
     recorder: Arc<Recorder>,
     client: Option<CriClient>,
 }
 
-impl CriClientSource {
+impl RuntimeStatusSource {
     /// Polls the CRI socket `socket` every `interval`.
     pub fn new(socket: PathBuf, interval: Duration, recorder: Arc<Recorder>) -> Self {
         Self {

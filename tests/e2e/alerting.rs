@@ -3,14 +3,12 @@
 //! reach `firing`, real Alertmanager delivers them to a webhook of the test with labels and
 //! runbook URL intact, and every dashboard and alert expression parses and returns data.
 
-mod common;
-
-use common::agent::{Agent, sum};
-use common::dashboard_exprs;
-use common::image::TestImage;
-use common::prometheus::{Webhook, query, start_alertmanager, start_prometheus};
-use common::sandbox::Sandbox;
-use common::{pull_as, reason_of};
+use crate::common::agent::{Agent, sum};
+use crate::common::dashboard_exprs;
+use crate::common::image::TestImage;
+use crate::common::prometheus::{Webhook, query, start_alertmanager, start_prometheus};
+use crate::common::sandbox::Sandbox;
+use crate::common::{pull_as, reason_of};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -37,7 +35,7 @@ fn fast_rules() -> String {
 }
 
 fn firing(prom: std::net::SocketAddr) -> Vec<String> {
-    let (_, body) = common::agent::http_get(prom, "/api/v1/alerts").unwrap();
+    let (_, body) = crate::common::agent::http_get(prom, "/api/v1/alerts").unwrap();
     let v: Value = serde_json::from_str(&body).unwrap();
     v["data"]["alerts"]
         .as_array()
@@ -70,7 +68,7 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
     // Every source on, so every dashboard panel has data: the probe reads an exhausted quota,
     // the Kubernetes API source watches a scripted API server.
     let probe = format!("http://{}/ratelimitedhead/probe:1", sb.fault.host());
-    let api = common::kube_api::KubeApi::start().await;
+    let api = crate::common::kube_api::KubeApi::start().await;
     let kubeconfig = api.kubeconfig(sb.dir.path());
     let agent = Agent::start(
         &sb,
@@ -257,7 +255,7 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
         empty.join("\n")
     );
     let rules = std::fs::read_to_string(dir.join("rules.yml")).unwrap();
-    let exprs = common::prometheus::rule_exprs(&rules);
+    let exprs = crate::common::prometheus::rule_exprs(&rules);
     assert_eq!(exprs.len(), 10);
     for (name, expr) in &exprs {
         let data = query(prom.addr, expr);

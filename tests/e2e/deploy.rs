@@ -3,9 +3,7 @@
 //! every alert has a runbook, dashboards are valid and use only real metrics, the systemd unit
 //! verifies, and the Dockerfile builds the way CI does.
 
-mod common;
-
-use common::dashboard_exprs;
+use crate::common::dashboard_exprs;
 use pullwatch::sinks::metrics::FAMILIES;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -376,20 +374,22 @@ fn dockerfile_builds_the_way_ci_does() {
     }
 }
 
+/// Builds the image for real. Needs a container engine, which this machine kind does not run:
+/// ignored by default, and `scripts/test.sh` runs it with `--ignored` where `docker info` works
+/// (and says it skipped it otherwise). Without an engine, `dockerfile_builds_the_way_ci_does`
+/// lints the Dockerfile.
 #[test]
+#[ignore = "needs a container engine; scripts/test.sh runs it where `docker info` works"]
 fn dockerfile_builds_where_an_engine_runs() {
-    // This workplace has the docker client but no engine; where one runs, build the image for real.
     let engine = Command::new("docker")
         .arg("info")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    if !engine.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "no container engine: the Dockerfile is linted by dockerfile_builds_the_way_ci_does"
-        );
-        return;
-    }
+    assert!(
+        engine.is_ok_and(|s| s.success()),
+        "no container engine (docker info failed)"
+    );
     let out = ok(
         "docker",
         &["build", "-q", "-t", "pullwatch:test", "."],

@@ -1,0 +1,20 @@
+//! The integration tests, one binary: the real `pullwatch` binary against real containerd,
+//! docker-registry, Prometheus, Alertmanager, callers we did not write and servers of the tests,
+//! with one shared harness (`common/`). One module per area, named for what it proves.
+
+mod common;
+
+mod alerting;
+mod callers;
+mod cli;
+mod containerd;
+mod deploy;
+mod faults;
+mod interposer;
+mod kube;
+mod prometheus;
+mod proxy_behaviour;
+mod proxy_transparency;
+mod ratelimit_probe;
+mod relay;
+mod web_config;
