@@ -125,7 +125,8 @@ pub fn registry_headers(data: &[u8]) {
 /// The input is a sequence of operations: one byte `b` (bit 0: the side that sends, caller or
 /// runtime; bits 1..: the chunk length minus one), then that many bytes. Invariants: no panic;
 /// each direction's reader yields the same events and verdict whatever the chunking (compared
-/// with the whole direction fed at once); once the connection closes, no pull is left in flight.
+/// with the whole direction fed at once); once the connection closes, no pull is left in flight;
+/// the observer never panics (a panic it contains is counted as cause `internal`).
 pub fn interposer_observer(data: &[u8]) {
     use crate::recorder::{Recorder, RecorderConfig};
     use crate::sources::cri_proxy::budget::{self, Budget};
@@ -167,6 +168,17 @@ pub fn interposer_observer(data: &[u8]) {
         .map(|m| m.get_gauge().value() as i64)
         .sum();
     assert_eq!(in_flight, 0, "a pull left in flight");
+    // The observer contains its own panics (cause `internal`) so kubelet's relay survives them;
+    // here, where that containment would hide them, any is a failure.
+    assert_eq!(
+        recorder
+            .metrics()
+            .interposer_unobserved
+            .with_label_values(&["internal"])
+            .get(),
+        0,
+        "the observer panicked (contained in production)"
+    );
     for side in [Side::Caller, Side::Runtime] {
         let whole: Vec<u8> = chunks
             .iter()

@@ -5,7 +5,8 @@ use std::time::Duration;
 /// Parses a `grpc-timeout` value such as `120S`, `500m`, `2H`. Returns `None` for malformed values.
 pub fn parse(value: &str) -> Option<Duration> {
     let value = value.trim();
-    if value.len() < 2 || value.len() > 9 {
+    // ASCII only (also keeps the split below on a character boundary; found by fuzzing).
+    if value.len() < 2 || value.len() > 9 || !value.is_ascii() {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
@@ -40,7 +41,18 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for v in ["", "S", "10", "10s", "-1S", "123456789S", "1.5S", "ten S"] {
+        for v in [
+            "",
+            "S",
+            "10",
+            "10s",
+            "-1S",
+            "123456789S",
+            "1.5S",
+            "ten S",
+            "5010\u{fffd}",
+            "é",
+        ] {
             assert_eq!(parse(v), None, "{v:?}");
         }
     }
