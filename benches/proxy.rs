@@ -102,11 +102,12 @@ impl Relay {
             .arg(format!("UNIX-CONNECT:{}", upstream.display()))
             .spawn()
             .expect("socat (Debian package socat; scripts/install-deps.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "socat did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::wait::until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || sock.exists(),
+            || "socat did not start".into(),
+        );
         Self { child, sock }
     }
 

@@ -1,12 +1,13 @@
 //! Runs the real `pullwatch run` binary as a process and talks to it over HTTP.
 
 use super::sandbox::{Sandbox, free_port};
+use super::wait;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The pullwatch binary: Cargo's path for tests; for examples (which Cargo gives none), the
 /// `pullwatch` next to the `examples/` directory the running example lives in.
@@ -158,24 +159,20 @@ impl Agent {
             addr,
             log_path,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
         // Behind TLS the plain-HTTP probe cannot work: wait for the log line instead.
         let tls = extra.contains(&"--web.config.file");
-        let ready = |a: &Agent| {
-            if tls {
-                a.logs().contains("serving /metrics")
-            } else {
-                matches!(http_get(addr, "/readyz"), Ok((200, _)))
-            }
-        };
-        while !ready(&agent) {
-            assert!(
-                Instant::now() < deadline,
-                "pullwatch not ready: {}",
-                agent.logs()
-            );
-            std::thread::sleep(Duration::from_millis(30));
-        }
+        wait::until(
+            Duration::from_secs(20),
+            Duration::from_millis(30),
+            || {
+                if tls {
+                    agent.logs().contains("serving /metrics")
+                } else {
+                    matches!(http_get(addr, "/readyz"), Ok((200, _)))
+                }
+            },
+            || format!("pullwatch not ready: {}", agent.logs()),
+        );
         agent
     }
 
@@ -203,18 +200,17 @@ impl Agent {
         what: &str,
         ready: impl Fn(&str) -> bool,
     ) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let m = self.scrape();
-            if ready(&m) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{m}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let last = std::cell::RefCell::new(String::new());
+        wait::until(
+            limit,
+            Duration::from_millis(50),
+            || {
+                *last.borrow_mut() = self.scrape();
+                ready(&last.borrow())
+            },
+            || format!("timed out waiting for {what}:\n{}", last.borrow()),
+        );
+        last.into_inner()
     }
 
     pub fn logs(&self) -> String {
@@ -237,14 +233,17 @@ impl Agent {
             .args(["-TERM", &child.id().to_string()])
             .status()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "pullwatch ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let mut status = None;
+        wait::until(
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            },
+            || "pullwatch ignored SIGTERM".into(),
+        );
+        status.expect("exited")
     }
 }
 

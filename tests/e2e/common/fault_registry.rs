@@ -223,11 +223,13 @@ impl FaultRegistry {
 
     /// Waits (up to 10 s) until a request path containing `needle` arrived; panics with `what`.
     pub async fn wait_for_hit(&self, needle: &str, what: &str) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while self.hits(needle) == 0 {
-            assert!(std::time::Instant::now() < deadline, "{what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::wait::until_async(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || std::future::ready(self.hits(needle) > 0),
+            || what.to_string(),
+        )
+        .await;
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {

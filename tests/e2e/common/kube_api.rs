@@ -370,15 +370,18 @@ impl KubeApi {
 
     /// Waits (up to 20 s) until `kind` has `n` open watches.
     pub async fn wait_for_watchers(&self, kind: Kind, n: usize) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while self.watchers(kind) < n {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no watch of {kind:?} opened; requests: {:#?}",
-                self.requests()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        super::wait::until_async(
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || std::future::ready(self.watchers(kind) >= n),
+            || {
+                format!(
+                    "no watch of {kind:?} opened; requests: {:#?}",
+                    self.requests()
+                )
+            },
+        )
+        .await;
     }
 }
 

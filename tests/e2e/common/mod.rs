@@ -9,6 +9,7 @@ pub mod image;
 pub mod kube_api;
 pub mod prometheus;
 pub mod sandbox;
+pub mod wait;
 
 use pullwatch::core::attempt::Outcome;
 use pullwatch::cri::client::CriClient;

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A running server process, killed on drop.
 pub struct Server {
@@ -25,15 +25,17 @@ impl Drop for Server {
 }
 
 fn wait_ready(addr: SocketAddr, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !matches!(http_get(addr, "/-/ready"), Ok((200, _))) {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not ready: {}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    super::wait::until(
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || matches!(http_get(addr, "/-/ready"), Ok((200, _))),
+        || {
+            format!(
+                "{what} not ready: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            )
+        },
+    );
 }
 
 /// Spawns `bin` with `args` (logging to `dir/<name>.log`) and waits until it answers `/-/ready`.

@@ -5,12 +5,13 @@
 
 use super::fault_registry::FaultRegistry;
 use super::image::TestImage;
+use super::wait;
 use pullwatch::cri::VersionRequest;
 use pullwatch::cri::client::CriClient;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Layer size of the throttled image (`slow/` prefix) and the fault registry's trickle rate.
 pub const SLOW_LAYER_BYTES: usize = 96 * 1024;
@@ -184,15 +185,17 @@ state = "{state}"
     }
 
     fn wait_registry(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&self.registry).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not start: {}",
-                self.log("registry.log")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || std::net::TcpStream::connect(&self.registry).is_ok(),
+            || {
+                format!(
+                    "docker-registry did not start: {}",
+                    self.log("registry.log")
+                )
+            },
+        );
     }
 
     pub fn log(&self, name: &str) -> String {
@@ -219,21 +222,22 @@ state = "{state}"
             .spawn()
             .unwrap();
         self.containerd = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(mut c) =
-                CriClient::connect(&self.containerd_sock, Duration::from_secs(1)).await
-                && c.runtime.version(VersionRequest::default()).await.is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not start: {}",
-                self.log("containerd.log")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let sock = self.containerd_sock.clone();
+        wait::until_async(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || {
+                let sock = sock.clone();
+                async move {
+                    match CriClient::connect(&sock, Duration::from_secs(1)).await {
+                        Ok(mut c) => c.runtime.version(VersionRequest::default()).await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            },
+            || format!("containerd did not start: {}", self.log("containerd.log")),
+        )
+        .await;
     }
 
     /// Kills containerd and waits for it to exit.
