@@ -1,4 +1,4 @@
-//! The accept loop both servers (interposer and HTTP endpoint) share: accept until shutdown,
+//! The accept loop of the HTTP endpoint (plain and TLS): accept until shutdown,
 //! back off on accept errors instead of spinning, watch every connection for graceful shutdown,
 //! then let open connections drain for up to `grace`.
 

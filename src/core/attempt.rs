@@ -172,13 +172,7 @@ pub const MAX_UID_LEN: usize = 64;
 
 /// Cuts `s` to at most `max` bytes, on a character boundary.
 pub fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    s.truncate(s.floor_char_boundary(max));
 }
 
 impl PodRef {

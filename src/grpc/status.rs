@@ -1,7 +1,7 @@
-//! Reading and writing gRPC status (`grpc-status`, `grpc-message`) in HTTP/2 headers and
-//! trailers, per the gRPC over HTTP/2 protocol.
+//! Reading gRPC status (`grpc-status`, `grpc-message`) as the interposer's observer finds it in
+//! HTTP/2 headers and trailers, and the codes a client reports for HTTP statuses and stream
+//! resets, per the gRPC over HTTP/2 protocol.
 
-use http::{HeaderMap, StatusCode};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use tonic::Code;
 
@@ -17,21 +17,6 @@ pub struct GrpcStatus {
     pub message: String,
 }
 
-/// Reads `grpc-status`/`grpc-message` from a header or trailer map, if present.
-pub fn from_headers(map: &HeaderMap) -> Option<GrpcStatus> {
-    let raw = map.get("grpc-status")?;
-    let code = raw
-        .to_str()
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .map_or(Code::Unknown, Code::from_i32);
-    let message = map
-        .get("grpc-message")
-        .map(|v| decode_message(v.as_bytes()))
-        .unwrap_or_default();
-    Some(GrpcStatus { code, message })
-}
-
 /// Percent-decodes a `grpc-message` value; invalid UTF-8 becomes U+FFFD.
 pub fn decode_message(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
@@ -40,8 +25,8 @@ pub fn decode_message(raw: &[u8]) -> String {
 
 /// The gRPC code an HTTP status maps to when a response carries no `grpc-status`
 /// (gRPC's "HTTP to gRPC status code mapping").
-pub fn code_from_http(status: StatusCode) -> Code {
-    match status.as_u16() {
+pub fn code_from_http(status: u16) -> Code {
+    match status {
         200 => Code::Unknown,
         400 => Code::Internal,
         401 => Code::Unauthenticated,
@@ -92,11 +77,6 @@ pub fn from_raw(grpc_status: &str, grpc_message: Option<&[u8]>) -> GrpcStatus {
     }
 }
 
-/// [`code_from_http`] for a numeric status.
-pub fn code_from_http_u16(status: u16) -> Code {
-    StatusCode::from_u16(status).map_or(Code::Unknown, code_from_http)
-}
-
 /// The gRPC code a client reports for a stream reset with HTTP/2 error `code` (gRPC over
 /// HTTP/2, "Errors").
 pub fn code_from_reset(code: u32) -> Code {
@@ -137,17 +117,13 @@ pub fn reset_name(code: u32) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn reads_percent_encoded_messages() {
-        let mut h = HeaderMap::new();
-        h.insert("grpc-status", HeaderValue::from_static("2"));
-        h.insert(
-            "grpc-message",
-            HeaderValue::from_static("failed to pull %22a:1%22: 429 Too Many Requests%0Aline2"),
+        let s = from_raw(
+            "2",
+            Some(b"failed to pull %22a:1%22: 429 Too Many Requests%0Aline2"),
         );
-        let s = from_headers(&h).unwrap();
         assert_eq!(s.code, Code::Unknown);
         assert_eq!(
             s.message,
@@ -156,13 +132,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_or_garbage_status() {
-        assert_eq!(from_headers(&HeaderMap::new()), None);
-        let mut h = HeaderMap::new();
-        h.insert("grpc-status", HeaderValue::from_static("banana"));
-        assert_eq!(from_headers(&h).unwrap().code, Code::Unknown);
-        h.insert("grpc-status", HeaderValue::from_static("14"));
-        assert_eq!(from_headers(&h).unwrap().code, Code::Unavailable);
+    fn garbage_status() {
+        assert_eq!(
+            from_raw("banana", None),
+            GrpcStatus {
+                code: Code::Unknown,
+                message: String::new()
+            }
+        );
+        assert_eq!(from_raw("14", None).code, Code::Unavailable);
         assert_eq!(decode_message(b"bad %zz \xff"), "bad %zz \u{fffd}");
     }
 
@@ -179,16 +157,12 @@ mod tests {
         assert_eq!(code_from_reset(2), Code::Internal);
         assert_eq!(reset_name(2), "INTERNAL_ERROR");
         assert_eq!(reset_name(99), "unknown error code");
-        assert_eq!(code_from_http_u16(503), Code::Unavailable);
     }
 
     #[test]
     fn http_fallback_codes() {
-        assert_eq!(
-            code_from_http(StatusCode::SERVICE_UNAVAILABLE),
-            Code::Unavailable
-        );
-        assert_eq!(code_from_http(StatusCode::NOT_FOUND), Code::Unimplemented);
+        assert_eq!(code_from_http(503), Code::Unavailable);
+        assert_eq!(code_from_http(404), Code::Unimplemented);
         assert_eq!(code_name(Code::DeadlineExceeded), "DEADLINE_EXCEEDED");
     }
 }

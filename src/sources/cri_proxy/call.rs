@@ -163,8 +163,8 @@ impl Call {
         p.observed = Some(decoded);
     }
 
-    /// A response header block: the head first, trailers after. Returns whether the call ended
-    /// (a status arrived with the end of the stream).
+    /// A response header block: the head first, trailers after (or one block for both: a
+    /// trailers-only answer). The observer ends the call when the block ends the stream.
     pub(crate) fn on_response_headers(&mut self, head: &Head) {
         if self.http_status.is_none() {
             self.http_status = head.status.or(Some(200));
@@ -196,7 +196,7 @@ impl Call {
                 Some(s) => (s.code, s.message.clone(), None),
                 None => match self.http_status {
                     Some(h) if h != 200 => (
-                        status::code_from_http_u16(h),
+                        status::code_from_http(h),
                         format!("runtime answered HTTP {h} without grpc-status"),
                         None,
                     ),

@@ -122,16 +122,16 @@ impl CriProxy {
             UnixStream::connect(&self.runtime_socket),
         )
         .await;
+        let connected = connected.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("timed out after {:?}", self.connect_timeout),
+            ))
+        });
         let stream = match connected {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
+            Ok(s) => s,
+            Err(e) => {
                 tracing::warn!(runtime = %self.runtime_socket.display(), error = %e, "runtime socket unreachable; closing the caller's connection");
-                self.runtime_up(false);
-                self.count(result::RUNTIME_UNREACHABLE);
-                return None;
-            }
-            Err(_) => {
-                tracing::warn!(runtime = %self.runtime_socket.display(), timeout = ?self.connect_timeout, "connecting to the runtime socket timed out; closing the caller's connection");
                 self.runtime_up(false);
                 self.count(result::RUNTIME_UNREACHABLE);
                 return None;
