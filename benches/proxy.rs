@@ -388,6 +388,7 @@ fn in_process() {
             source: Source::CriProxy,
             trace: None,
             credentials: None,
+            readout: None,
         });
     }
     let text = metrics.render();

@@ -12,7 +12,7 @@ use crate::core::classifier;
 use crate::core::reason::Reason;
 use crate::core::reference::{ImageRef, ReferenceError};
 use crate::grpc::{frame, status};
-use crate::sources::cri_proxy::decode;
+use crate::observe::decode;
 use crate::sources::kube::messages;
 use crate::sources::ratelimit::{credentials::CredentialStore, header, parse_challenge};
 use tonic::Code;
@@ -30,6 +30,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("kubelet_message", kubelet_message),
     ("registry_headers", registry_headers),
     ("interposer_observer", interposer_observer),
+    ("hpack_cost", hpack_cost),
 ];
 
 /// A framed PullImage request: decodes or is refused, never panics; what it decodes is
@@ -131,16 +132,18 @@ pub fn registry_headers(data: &[u8]) {
 /// with the whole direction fed at once); once the connection closes, no pull is left in flight;
 /// the observer never panics (a panic it contains is counted as cause `internal`).
 pub fn interposer_observer(data: &[u8]) {
+    use crate::observe::Recording;
+    use crate::observe::budget::MemoryBudget;
+    use crate::observe::connection::ConnectionObserver;
+    use crate::observe::wire::{Event, Reader, Side};
     use crate::sinks::metrics::MetricsRegistry;
-    use crate::sources::cri_proxy::Recording;
-    use crate::sources::cri_proxy::budget::{self, Budget};
-    use crate::sources::cri_proxy::observer::ConnectionObserver;
-    use crate::sources::cri_proxy::wire::{Event, Reader, Side};
     use std::sync::{Arc, OnceLock};
+    use std::time::Instant;
 
     static RECORDING: OnceLock<(Arc<Recording>, MetricsRegistry)> = OnceLock::new();
     let (recording, registry) = RECORDING.get_or_init(Recording::standalone);
-    let mut observer = ConnectionObserver::new(recording.clone(), Budget::new(budget::TOTAL));
+    let share = MemoryBudget::unlimited().share();
+    let mut observer = ConnectionObserver::new(recording.clone(), share.clone());
     let mut chunks: Vec<(Side, &[u8])> = Vec::new();
     let mut rest = data;
     while let Some((&op, tail)) = rest.split_first() {
@@ -152,14 +155,17 @@ pub fn interposer_observer(data: &[u8]) {
         let n = usize::from(op >> 1).saturating_add(1).min(tail.len());
         let (chunk, tail) = tail.split_at(n);
         chunks.push((side, chunk));
-        observer.observe(side, chunk);
+        observer.observe(side, chunk, Instant::now());
         rest = tail;
     }
-    observer.closed(if data.len().is_multiple_of(2) {
-        Side::Caller
-    } else {
-        Side::Runtime
-    });
+    observer.closed(
+        if data.len().is_multiple_of(2) {
+            Side::Caller
+        } else {
+            Side::Runtime
+        },
+        Instant::now(),
+    );
     drop(observer);
     let in_flight = registry.value("pullwatch_image_pulls_in_flight", &[]);
     assert_eq!(in_flight, 0.0, "a pull left in flight");
@@ -180,7 +186,7 @@ pub fn interposer_observer(data: &[u8]) {
             .flat_map(|(_, c)| c.iter().copied())
             .collect();
         let events = |pieces: &mut dyn Iterator<Item = &[u8]>| {
-            let mut reader = Reader::new(side);
+            let mut reader = Reader::new(side, &share);
             // DATA pieces depend on the chunking; their bytes, stream and order do not.
             let mut seen: Vec<(Option<u32>, Vec<u8>)> = Vec::new();
             let mut result = Ok(());
@@ -205,6 +211,46 @@ pub fn interposer_observer(data: &[u8]) {
         };
         let chunked = events(&mut chunks.iter().filter(|(s, _)| *s == side).map(|(_, c)| *c));
         assert_eq!(chunked, events(&mut std::iter::once(whole.as_slice())));
+    }
+}
+
+/// The HPACK decoder's work is bounded by its input: arbitrary blocks (the input split at each
+/// 0x00 0x00 pair, so a corpus can hold blocks that fill the table and blocks that refer to
+/// it), decoded as the observer decodes them, with its limit on the decoded size. Invariants:
+/// no panic; at most one field per input byte; the decoded size of a block that decodes never
+/// exceeds the observer's limit for its length (one-byte references to a long entry, HPACK
+/// amplification, stop at the limit: `cost`).
+pub fn hpack_cost(data: &[u8]) {
+    use crate::observe::hpack::Decoder;
+    use crate::observe::wire::{MAX_HPACK_TABLE, list_limit};
+    let mut decoder = Decoder::new(MAX_HPACK_TABLE);
+    let mut late = Decoder::joining(MAX_HPACK_TABLE);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let end = rest
+            .windows(2)
+            .position(|w| w == [0, 0])
+            .unwrap_or(rest.len());
+        let block = &rest[..end];
+        rest = rest.get(end + 2..).unwrap_or_default();
+        let limit = list_limit(block.len());
+        for d in [&mut decoder, &mut late] {
+            let (mut fields, mut size) = (0usize, 0usize);
+            let r = d.decode(block, limit, |n, v| {
+                fields += 1;
+                size += n.map_or(0, <[u8]>::len) + v.map_or(0, <[u8]>::len) + 32;
+            });
+            assert!(
+                fields <= block.len(),
+                "{fields} fields from {} bytes",
+                block.len()
+            );
+            assert!(size <= limit, "decoded {size} bytes past the limit {limit}");
+            if r.is_err() {
+                // A decoder that failed is out of step: observation would end here.
+                *d = Decoder::new(MAX_HPACK_TABLE);
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod grpc;
 mod http;
 mod logging;
+pub mod observe;
 pub mod recorder;
 pub mod sinks;
 mod sources;

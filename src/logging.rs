@@ -103,10 +103,108 @@ pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
     };
     if let Err(e) = result {
         eprintln!("pullwatch: logging already initialized: {e}");
     }
     guard
+}
+
+/// `s` with control characters written as escapes (`\n`, `\u{1b}`, ...), so a value that
+/// came from outside (an image name, a runtime's message) can neither forge a log line nor
+/// send terminal escape sequences. Printable text, Unicode included, is kept.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The text format's fields, each value escaped ([`escape_controls`]): `name=value`, the
+/// message bare.
+fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|w, field, value| {
+        let text = format!("{value:?}");
+        let text = escape_controls(&text);
+        if field.name() == "message" {
+            write!(w, "{text}")
+        } else {
+            write!(w, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
+/// Lets one line of a repeated warning through per interval and counts the others, so a flood
+/// of the same occurrence (refused connections, a loop) costs nothing and fills no disk.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    interval: std::time::Duration,
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// At most one line per `interval`.
+    pub(crate) const fn new(interval: std::time::Duration) -> Self {
+        Self {
+            interval,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(n)` when a line may be written now, `n` being the occurrences suppressed since
+    /// the last one; `None` when this one is suppressed (and counted).
+    pub(crate) fn allow(&self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.0 {
+            Some(last) if now.saturating_duration_since(last) < self.interval => {
+                s.1 += 1;
+                None
+            }
+            _ => {
+                let suppressed = std::mem::take(&mut s.1);
+                s.0 = Some(now);
+                Some(suppressed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped_and_text_is_kept() {
+        assert_eq!(escape_controls("reg.example/app:1"), "reg.example/app:1");
+        assert_eq!(escape_controls("ünïcode"), "ünïcode");
+        assert_eq!(
+            escape_controls("a\nlevel=ERROR forged\u{1b}[31m\u{9b}x"),
+            "a\\nlevel=ERROR forged\\u{1b}[31m\\u{9b}x"
+        );
+    }
+
+    #[test]
+    fn a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let t = Throttle::new(std::time::Duration::from_millis(50));
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..10 {
+            assert_eq!(t.allow(), None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(t.allow(), Some(10));
+    }
 }

@@ -10,14 +10,14 @@
 use crate::core::anatomy::{Anatomy, ContentRecord, Phase};
 use crate::core::attempt::{Outcome, PodRef, PullAttempt, Source};
 use crate::core::backoff::BackoffTracker;
-use crate::core::cardinality::{Admission, LabelGuard};
+use crate::core::cardinality::{Admission, Claim, LabelGuard, OVERFLOW_VALUE};
 use crate::core::reason::Reason;
 use crate::core::reference::{ImageRef, split_port};
 use crate::sinks::event_log;
 use crate::sinks::image_counts::{self, ImagePullCounts};
 use crate::sinks::metrics::{
-    CounterFamily, GaugeFamily, HistogramFamily, MetricsError, MetricsRegistry, PHASE_BUCKETS,
-    PULL_BUCKETS, RenderHook,
+    CounterFamily, ForgetValue, GaugeFamily, HistogramFamily, MetricsError, MetricsRegistry,
+    PHASE_BUCKETS, PULL_BUCKETS, RenderHook,
 };
 use crate::sinks::pulls::PullsView;
 use prometheus::IntGauge;
@@ -30,6 +30,9 @@ use std::time::{Duration, Instant};
 pub const JOIN_WAIT: Duration = Duration::from_secs(2);
 /// Attempts (and records) waiting to be joined at most; beyond, they count unjoined at once.
 const MAX_WAITING: usize = 1024;
+/// How much earlier than an attempt's start its content record may be stamped (containerd's
+/// clock and pullwatch's are read at different moments).
+const JOIN_SLACK: Duration = Duration::from_millis(50);
 
 /// Flags of the recorder: label caps and the backoff window.
 #[derive(Debug, clap::Args)]
@@ -187,6 +190,7 @@ struct AttemptMetrics {
     duration: HistogramFamily<RegistryResult<'static>>,
     in_flight: GaugeFamily<ByRegistry<'static>>,
     label_overflow: CounterFamily<OverflowLabels<'static>>,
+    label_evictions: CounterFamily<OverflowLabels<'static>>,
     phases: HistogramFamily<RegistryPhase<'static>>,
     layers: CounterFamily<RegistryCache<'static>>,
     bytes: CounterFamily<ByRegistry<'static>>,
@@ -205,6 +209,7 @@ impl AttemptMetrics {
             )?,
             in_flight: GaugeFamily::register(reg, "pullwatch_image_pulls_in_flight")?,
             label_overflow: CounterFamily::register(reg, "pullwatch_label_overflow_total")?,
+            label_evictions: CounterFamily::register(reg, "pullwatch_label_evictions_total")?,
             phases: HistogramFamily::register(
                 reg,
                 "pullwatch_image_pull_phase_seconds",
@@ -215,6 +220,20 @@ impl AttemptMetrics {
             cached_bytes: CounterFamily::register(reg, "pullwatch_image_pull_cached_bytes_total")?,
         })
     }
+
+    /// The families with a `registry` label, whose series go when a registry loses its slot.
+    fn by_registry(&self) -> [&dyn ForgetValue; 8] {
+        [
+            &self.pulls,
+            &self.failures,
+            &self.duration,
+            &self.in_flight,
+            &self.phases,
+            &self.layers,
+            &self.bytes,
+            &self.cached_bytes,
+        ]
+    }
 }
 
 /// What the recorder does at each render: the backoff gauge from the tracker, and the per-image
@@ -223,19 +242,32 @@ struct RenderState {
     backoff: Arc<Mutex<BackoffTracker>>,
     gauge: GaugeFamily<BackoffLabels<'static>>,
     by_image: Option<Arc<ImagePullCounts>>,
+    registries: Arc<LabelGuard>,
+    namespaces: Arc<LabelGuard>,
 }
 
 impl RenderHook for RenderState {
     fn refresh(&self) {
         let groups = lock(&self.backoff).snapshot(Instant::now());
         self.gauge.reset();
+        // A pair entered under a value that has since lost its slot counts as `other`: added,
+        // since several such values share that series.
+        let current = |guard: &LabelGuard, v: String| {
+            if v == OVERFLOW_VALUE || guard.contains(&v) {
+                v
+            } else {
+                OVERFLOW_VALUE.to_string()
+            }
+        };
         for ((namespace, registry, reason), n) in groups {
             let labels = BackoffLabels {
-                namespace: &namespace,
-                registry: &registry,
+                namespace: &current(&self.namespaces, namespace),
+                registry: &current(&self.registries, registry),
                 reason,
             };
-            self.gauge.set(&labels, n);
+            self.gauge
+                .with(&labels)
+                .add(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 
@@ -264,9 +296,12 @@ struct Joins {
 }
 
 impl Joins {
-    fn take<T>(map: &mut Waiting<T>, key: &str) -> Option<T> {
+    /// The first item waiting under `key` that `fits`; those before it that do not fit are
+    /// left to wait out their window.
+    fn take<T>(map: &mut Waiting<T>, key: &str, fits: impl Fn(&T) -> bool) -> Option<T> {
         let queue = map.get_mut(key)?;
-        let item = queue.pop_front().map(|(t, _)| t);
+        let at = queue.iter().position(|(t, _)| fits(t))?;
+        let item = queue.remove(at).map(|(t, _)| t);
         if queue.is_empty() {
             map.remove(key);
         }
@@ -303,8 +338,8 @@ pub enum Unclaimed {
 pub struct Recorder {
     metrics: AttemptMetrics,
     render: Arc<RenderState>,
-    registries: LabelGuard,
-    namespaces: LabelGuard,
+    registries: Arc<LabelGuard>,
+    namespaces: Arc<LabelGuard>,
     images: Option<LabelGuard>,
     attempts_from: Option<Source>,
     join_content: Option<Duration>,
@@ -332,17 +367,21 @@ impl Drop for InFlight {
 impl Recorder {
     /// Builds the recorder and registers its families (and its render hook) in `registry`.
     pub fn new(config: &RecorderConfig, registry: &MetricsRegistry) -> Result<Self, MetricsError> {
+        let registries = Arc::new(LabelGuard::new("registry", config.max_registries));
+        let namespaces = Arc::new(LabelGuard::new("namespace", config.max_namespaces));
         let render = Arc::new(RenderState {
             backoff: Arc::new(Mutex::new(BackoffTracker::new(config.backoff_expiry))),
             gauge: GaugeFamily::register(registry, "pullwatch_image_pull_backoff")?,
             by_image: config.image_label_cap.map(|_| Arc::default()),
+            registries: registries.clone(),
+            namespaces: namespaces.clone(),
         });
         registry.add_hook(render.clone());
         Ok(Self {
             metrics: AttemptMetrics::register(registry)?,
             render,
-            registries: LabelGuard::new("registry", config.max_registries),
-            namespaces: LabelGuard::new("namespace", config.max_namespaces),
+            registries,
+            namespaces,
             images: config
                 .image_label_cap
                 .map(|cap| LabelGuard::new("image", cap)),
@@ -364,19 +403,50 @@ impl Recorder {
         self.attempts_from == Some(source)
     }
 
-    fn admit<'a>(&self, guard: &LabelGuard, value: &'a str) -> &'a str {
-        let a = guard.admit(value);
-        if a == Admission::Overflow {
-            self.metrics.label_overflow.inc(&OverflowLabels {
-                label: guard.label(),
-            });
+    /// The label value of `value` under `guard`'s slot policy. An overflow is counted when
+    /// `counted` (once per attempt, not per signal); a value that lost its slot to this one
+    /// loses its series.
+    fn label<'a>(
+        &self,
+        guard: &LabelGuard,
+        value: &'a str,
+        claim: Claim,
+        counted: bool,
+    ) -> &'a str {
+        let label = guard.label();
+        let a = guard.admit_as(value, claim, Instant::now());
+        match &a {
+            Admission::Overflow if counted => {
+                self.metrics.label_overflow.inc(&OverflowLabels { label });
+            }
+            Admission::Replaced { evicted, .. } => {
+                self.metrics.label_evictions.inc(&OverflowLabels { label });
+                if label == "registry" {
+                    for f in self.metrics.by_registry() {
+                        f.forget(label, evicted);
+                    }
+                }
+                if label == "image"
+                    && let Some(by_image) = &self.render.by_image
+                {
+                    by_image.forget(evicted);
+                }
+                tracing::debug!(label, evicted = %evicted, "a label value gave its slot to a newcomer");
+            }
+            _ => {}
         }
         a.value()
     }
 
-    /// The `registry` label value for `registry`, after the cardinality cap.
+    /// `label` for an attempt or a signal seen now.
+    fn admit<'a>(&self, guard: &LabelGuard, value: &'a str) -> &'a str {
+        self.label(guard, value, Claim::Seen, true)
+    }
+
+    /// The `registry` label value of downloads from `registry` (real traffic: proven), after
+    /// the cardinality cap.
     pub fn registry_label<'a>(&self, registry: &'a str) -> &'a str {
-        self.admit(&self.registries, registry)
+        self.label(&self.registries, registry, Claim::Proven, true)
     }
 
     /// The registry a download attributed to `host` belongs to: containerd's source labels
@@ -391,7 +461,7 @@ impl Recorder {
     /// Marks a pull to `registry` as started; it counts as in flight until the guard drops.
     pub fn pull_started(&self, registry: &str) -> InFlight {
         // Not counted as an overflow here: the attempt's record() counts it once.
-        let registry = self.registries.admit(registry).value();
+        let registry = self.label(&self.registries, registry, Claim::Seen, false);
         let g = self.metrics.in_flight.with(&ByRegistry { registry });
         g.inc();
         InFlight(g, None)
@@ -433,7 +503,12 @@ impl Recorder {
         {
             let key = ImageRef::key(&attempt.image);
             let mut joins = lock(&self.joins);
-            if let Some((content, _)) = Joins::take(&mut joins.records, &key) {
+            // A record written before this attempt started is an earlier pull's (its label
+            // update, say): never this one's.
+            let fits = |(c, _): &(ContentRecord, Unclaimed)| {
+                c.recorded_at + JOIN_SLACK >= attempt.started_at
+            };
+            if let Some((content, _)) = Joins::take(&mut joins.records, &key, fits) {
                 joins.waiting -= 1;
                 drop(joins);
                 return self.record_joined(attempt, &content);
@@ -459,7 +534,8 @@ impl Recorder {
         let key = ImageRef::key(&content.image);
         if let Some(wait) = self.join_wait() {
             let mut joins = lock(&self.joins);
-            if let Some(attempt) = Joins::take(&mut joins.attempts, &key) {
+            let fits = |a: &PullAttempt| content.recorded_at + JOIN_SLACK >= a.started_at;
+            if let Some(attempt) = Joins::take(&mut joins.attempts, &key, fits) {
                 joins.waiting -= 1;
                 drop(joins);
                 return self.record_joined(&attempt, &content);
@@ -540,7 +616,7 @@ impl Recorder {
             |r| r.registry,
         );
         let anatomy = content.anatomy(None, content.recorded_at);
-        let registry = self.admit(&self.registries, &registry);
+        let registry = self.label(&self.registries, &registry, Claim::Proven, true);
         self.record_anatomy(registry, &anatomy);
     }
 
@@ -584,7 +660,11 @@ impl Recorder {
         if !attempt.is_bounded() {
             return self.record_with(&attempt.clone().bounded(), anatomy);
         }
-        let registry = self.admit(&self.registries, attempt.registry());
+        let claim = match attempt.outcome {
+            Outcome::Success { .. } => Claim::Proven,
+            Outcome::Failure { .. } => Claim::Seen,
+        };
+        let registry = self.label(&self.registries, attempt.registry(), claim, true);
         let result = attempt.outcome.result_label();
         let labels = RegistryResult { registry, result };
         self.metrics.pulls.inc(&labels);
@@ -630,7 +710,10 @@ impl Recorder {
             .map_or(crate::core::attempt::UNKNOWN_REGISTRY.to_string(), |r| {
                 r.registry
             });
-        let failure = last_failure.map(|r| (self.registries.admit(&registry).value(), r));
+        let failure = last_failure.map(|r| {
+            let registry = self.label(&self.registries, &registry, Claim::Seen, false);
+            (registry, r)
+        });
         self.lock_backoff()
             .backing_off(&pod, image, failure, Instant::now());
     }
@@ -650,7 +733,9 @@ impl Recorder {
     /// Not counted as an overflow: these are repeated signals about one pod, not attempts.
     fn admitted_pod(&self, pod: &PodRef) -> PodRef {
         PodRef {
-            namespace: self.namespaces.admit(&pod.namespace).value().to_string(),
+            namespace: self
+                .label(&self.namespaces, &pod.namespace, Claim::Seen, false)
+                .to_string(),
             ..pod.clone()
         }
     }
@@ -705,6 +790,7 @@ mod tests {
             source: Source::CriProxy,
             trace: None,
             credentials: None,
+            readout: None,
         }
     }
 

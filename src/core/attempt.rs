@@ -16,6 +16,9 @@ pub const UNKNOWN_REGISTRY: &str = "unknown";
 pub enum Source {
     /// The CRI interposer in kubelet's call path: exact start, end and error.
     CriProxy,
+    /// The kernel tap on the runtime's CRI socket: the same exact calls, observed without being
+    /// in the path (what it could not read after joining late is said in [`Readout`]).
+    CriTap,
     /// containerd's events and ingests (passive mode): successes only, start estimated from the
     /// first download seen.
     Containerd,
@@ -34,6 +37,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::CriProxy => "cri_proxy",
+            Source::CriTap => "cri_tap",
             Source::Containerd => "containerd",
             Source::Kube => "kube",
         }
@@ -123,6 +127,44 @@ pub struct PullAttempt {
     /// Whether the caller sent registry credentials with the pull (presence only, never a
     /// value); `None` where the source cannot see the request (containerd, the Kubernetes API).
     pub credentials: Option<bool>,
+    /// How the call's parts were read, when not all from their own fields (the tap joined the
+    /// connection late); `None`: read in full, or a source that does not read calls.
+    pub readout: Option<Readout>,
+}
+
+/// What an observer could not read from a call's own fields, and where it took it from
+/// instead. Never another call's: a part not found is said to be unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Readout {
+    /// The method was not readable (its `:path` was an HPACK entry from before pullwatch
+    /// joined): the call was recognized as PullImage by its request message.
+    pub method_from_message: bool,
+    /// Where a failure's status and message came from.
+    pub cause_from: Option<CauseFrom>,
+}
+
+/// Where a failure's cause was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CauseFrom {
+    /// The runtime's `grpc-status` and `grpc-message` fields, by name.
+    Trailers,
+    /// The runtime's own status and message, by the place gRPC over HTTP/2 gives them in the
+    /// trailers (their names were HPACK entries from before pullwatch joined).
+    TrailerOrder,
+    /// The failure's status and message could not be read at all: reason `unknown`.
+    Unreadable,
+}
+
+impl CauseFrom {
+    /// Event-log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CauseFrom::Trailers => "trailers",
+            CauseFrom::TrailerOrder => "trailer_order",
+            CauseFrom::Unreadable => "unreadable",
+        }
+    }
 }
 
 /// The trace and span a call was made in, from its W3C `traceparent` header.

@@ -182,6 +182,7 @@ mod tests {
             source: Source::CriProxy,
             trace: None,
             credentials: None,
+            readout: None,
         }
     }
 

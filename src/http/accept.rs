@@ -1,9 +1,12 @@
 //! The accept loop of the HTTP endpoint (plain and TLS), bounded: at most `max_connections`
-//! open at once (a connection over the cap is closed at once and counted), a TLS handshake
-//! within [`HANDSHAKE_TIMEOUT`], request headers within the header timeout (hyper's), and no
-//! connection idle longer than the idle timeout ([`Idle`]). So scrapers, or whoever can reach
-//! the port, cannot take the file descriptors kubelet's path needs. Accept errors back off
-//! instead of spinning; on shutdown open connections drain for up to `grace`.
+//! open at once, a TLS handshake within [`HANDSHAKE_TIMEOUT`], a first byte within the header
+//! timeout of the accept and the rest of the request headers within it again (hyper's), and
+//! no connection idle longer than the idle timeout ([`Idle`]). So scrapers, or whoever can
+//! reach the port, cannot take the file descriptors kubelet's path needs. Over the cap, a few
+//! more connections are taken for the probes only ([`PROBE_SLOTS`], [`Lane::Probes`]): kubelet's
+//! liveness probe still gets its answer while the cap is full; beyond those, a connection is
+//! closed at once and counted. Accept errors back off instead of spinning; on shutdown open
+//! connections drain for up to `grace`.
 
 use super::config::ConnectionLimits;
 use hyper_util::server::graceful::{GracefulConnection, GracefulShutdown};
@@ -22,9 +25,22 @@ use tokio::time::{Instant, Sleep};
 
 /// How long a client may take for its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections kept for `/healthz` and `/readyz` once `max_connections` are open.
+pub const PROBE_SLOTS: usize = 4;
+/// How long a connection on a probe slot may take to send its request.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs the loop. `open` turns an accepted stream into its connection (after a TLS handshake,
-/// say), or `None` when that failed; it runs on the connection's own task.
+/// Which requests a connection may make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Any: it holds one of the `max_connections` slots.
+    Any,
+    /// The probes only: it holds a probe slot, taken while every other slot was in use.
+    Probes,
+}
+
+/// Runs the loop. `open` turns an accepted stream into its connection on its lane (after a TLS
+/// handshake, say), or `None` when that failed; it runs on the connection's own task.
 pub async fn accept_loop<C, F>(
     what: &'static str,
     listener: TcpListener,
@@ -32,7 +48,7 @@ pub async fn accept_loop<C, F>(
     rejected: IntCounter,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
-    open: impl Fn(Idle<TcpStream>) -> F,
+    open: impl Fn(Idle<TcpStream>, Lane) -> F,
 ) where
     F: Future<Output = Option<C>> + Send + 'static,
     C: GracefulConnection + Send + 'static,
@@ -40,6 +56,7 @@ pub async fn accept_loop<C, F>(
 {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let probe_slots = Arc::new(Semaphore::new(PROBE_SLOTS));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -54,18 +71,24 @@ pub async fn accept_loop<C, F>(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            rejected.inc();
-            tracing::debug!(
-                server = what,
-                max = limits.max_connections,
-                "connection over --web.max-connections closed"
-            );
-            drop(stream);
-            continue;
+        let (slot, lane, first_byte) = match slots.clone().try_acquire_owned() {
+            Ok(slot) => (slot, Lane::Any, limits.header_timeout),
+            Err(_) => match probe_slots.clone().try_acquire_owned() {
+                Ok(slot) => (slot, Lane::Probes, PROBE_TIMEOUT.min(limits.header_timeout)),
+                Err(_) => {
+                    rejected.inc();
+                    tracing::debug!(
+                        server = what,
+                        max = limits.max_connections,
+                        "connection over --web.max-connections closed"
+                    );
+                    drop(stream);
+                    continue;
+                }
+            },
         };
         let watcher = graceful.watcher();
-        let connection = open(Idle::new(stream, limits.idle_timeout));
+        let connection = open(Idle::new(stream, first_byte, limits.idle_timeout), lane);
         tokio::spawn(async move {
             let _slot = slot;
             let Some(conn) = connection.await else { return };
@@ -90,8 +113,9 @@ pub async fn accept_loop<C, F>(
     }
 }
 
-/// A stream that fails with `TimedOut` once nothing was read or written for its timeout: an
-/// idle (or never used) connection gives its descriptor back.
+/// A stream that fails with `TimedOut` once nothing was read or written for its timeout, or
+/// nothing was read at all within its first-byte timeout of the accept: an idle (or never
+/// used) connection gives its descriptor back.
 pub struct Idle<S> {
     inner: S,
     timeout: Duration,
@@ -99,12 +123,13 @@ pub struct Idle<S> {
 }
 
 impl<S> Idle<S> {
-    /// `inner`, closed after `timeout` without traffic.
-    pub fn new(inner: S, timeout: Duration) -> Self {
+    /// `inner`, closed if no byte arrives within `first_byte`, then after `timeout` without
+    /// traffic.
+    pub fn new(inner: S, first_byte: Duration, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Box::pin(tokio::time::sleep(first_byte)),
         }
     }
 
@@ -173,10 +198,21 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_cut_at_the_first_byte_timeout() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut idle = Idle::new(a, Duration::from_secs(10), Duration::from_secs(120));
+        let started = Instant::now();
+        let mut byte = [0u8; 1];
+        let e = idle.read(&mut byte).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+    }
+
     #[tokio::test]
     async fn an_idle_stream_times_out_and_traffic_keeps_it_open() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut idle = Idle::new(a, Duration::from_millis(200));
+        let mut idle = Idle::new(a, Duration::from_millis(200), Duration::from_millis(200));
         let writer = tokio::spawn(async move {
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -4,6 +4,7 @@
 
 mod accept;
 mod config;
+use accept::Lane;
 pub mod web_config;
 
 pub use config::{HttpArgs, HttpConfig};
@@ -50,12 +51,18 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-async fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, shared: &Shared, lane: Lane) -> Response<Full<Bytes>> {
     let (metrics, ready) = (&shared.metrics, &shared.ready);
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
     let path = req.uri().path();
+    if lane == Lane::Probes && !matches!(path, "/healthz" | "/readyz") {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over --web.max-connections: only /healthz and /readyz answer on this connection\n",
+        );
+    }
     // Probes stay open (kubelet's httpGet probes carry no credentials; they reveal nothing).
     if let Some(web) = &shared.web
         && !matches!(path, "/healthz" | "/readyz")
@@ -129,6 +136,7 @@ fn connection<S>(
     stream: S,
     s: &Arc<Shared>,
     header_timeout: Duration,
+    lane: Lane,
 ) -> impl hyper_util::server::graceful::GracefulConnection<
     Error = Box<dyn std::error::Error + Send + Sync>,
 > + use<S>
@@ -138,7 +146,7 @@ where
     let s = s.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let s = s.clone();
-        async move { Ok::<_, Infallible>(route(&req, &s).await) }
+        async move { Ok::<_, Infallible>(route(&req, &s, lane).await) }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
@@ -174,19 +182,19 @@ pub async fn serve(
     let rejected = http_metrics.rejected;
     let header_timeout = limits.header_timeout;
     let Some(tls) = tls else {
-        let open = |stream| {
-            let conn = connection(stream, &shared, header_timeout);
+        let open = |stream, lane| {
+            let conn = connection(stream, &shared, header_timeout, lane);
             async move { Some(conn) }
         };
         accept::accept_loop("http", listener, limits, rejected, shutdown, grace, open).await;
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let open = |stream| {
+    let open = |stream, lane| {
         let (acceptor, shared) = (acceptor.clone(), shared.clone());
         async move {
             match tokio::time::timeout(accept::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => Some(connection(tls, &shared, header_timeout)),
+                Ok(Ok(tls)) => Some(connection(tls, &shared, header_timeout, lane)),
                 // One client's failed handshake is its problem, not the listener's.
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "TLS handshake failed");

@@ -53,6 +53,9 @@ pub struct WebConfig {
     /// TLS server configuration, if TLS is on.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     users: BTreeMap<String, String>,
+    /// A hash of the users' cost that no password matches: an unknown user is checked against
+    /// it, so a refusal takes as long whether or not the user exists.
+    dummy: String,
     /// `Authorization` values verified in the last [`VERIFIED_TTL`] (bcrypt is slow by design;
     /// Prometheus sends the same header every scrape), with when. Bounded.
     verified: Mutex<Vec<(String, Instant)>>,
@@ -106,9 +109,18 @@ impl WebConfig {
                 )));
             }
         }
+        let cost = users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash(format!("{:?}", Instant::now()), cost)
+            .map_err(|e| err(format!("basic_auth_users: {e}")))?;
         Ok(Self {
             tls,
             users,
+            dummy,
             verified: Mutex::new(Vec::new()),
             checks: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_CHECKS)),
         })
@@ -121,7 +133,8 @@ impl WebConfig {
 
     /// Whether an `Authorization` header value grants access. A value verified within
     /// [`VERIFIED_TTL`] is answered from memory; otherwise bcrypt runs on the blocking pool
-    /// (never on an async worker, never under a lock), at most a few at once.
+    /// (never on an async worker, never under a lock), at most a few at once: the permit goes
+    /// with the hash and is released when the hash ends, even if the client hung up.
     pub async fn authorize(self: &Arc<Self>, header: Option<&str>) -> bool {
         if self.users.is_empty() {
             return true;
@@ -135,13 +148,16 @@ impl WebConfig {
                 return true;
             }
         }
-        let Ok(_permit) = self.checks.clone().acquire_owned().await else {
+        let Ok(permit) = self.checks.clone().acquire_owned().await else {
             return false;
         };
         let (this, candidate) = (self.clone(), value.to_string());
-        let ok = tokio::task::spawn_blocking(move || this.check(&candidate))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            this.check(&candidate)
+        })
+        .await
+        .unwrap_or(false);
         if ok {
             let mut verified = self.lock_verified();
             if verified.len() >= MAX_VERIFIED {
@@ -152,12 +168,14 @@ impl WebConfig {
         ok
     }
 
-    /// The bcrypt check itself (slow by design).
+    /// The bcrypt check itself (slow by design). An unknown user costs the same hash.
     fn check(&self, value: &str) -> bool {
         decode_basic(value).is_some_and(|(user, password)| {
-            self.users
-                .get(&user)
-                .is_some_and(|hash| bcrypt::verify(password, hash).unwrap_or(false))
+            let (known, hash) = match self.users.get(&user) {
+                Some(hash) => (true, hash),
+                None => (false, &self.dummy),
+            };
+            bcrypt::verify(password, hash).unwrap_or(false) && known
         })
     }
 

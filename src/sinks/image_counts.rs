@@ -31,6 +31,12 @@ impl ImagePullCounts {
         slot[usize::from(!success)] += 1;
     }
 
+    /// Removes `image`'s series (it lost its label slot).
+    pub fn forget(&self, image: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.remove(image);
+    }
+
     /// Appends the family in the Prometheus text format (0.0.4): HELP, TYPE, then one line per
     /// image and result that was counted at least once, sorted by image.
     pub fn encode(&self, help: &str, out: &mut String) {

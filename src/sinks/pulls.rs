@@ -517,6 +517,7 @@ mod tests {
             source: crate::core::attempt::Source::CriProxy,
             trace: None,
             credentials: None,
+            readout: None,
         };
         for n in 0..FINISHED_KEPT + 5 {
             v.finished(&attempt(n));

@@ -20,5 +20,6 @@ mod prometheus;
 mod proxy_behaviour;
 mod proxy_transparency;
 mod ratelimit_probe;
+mod red_team;
 mod relay;
 mod web_config;

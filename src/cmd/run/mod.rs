@@ -5,11 +5,13 @@ pub mod args;
 pub mod config;
 pub mod signal;
 
+use crate::core::attempt::Source;
 use crate::http::{self, Readiness};
+use crate::observe::{CallMetrics, Recording};
 use crate::recorder::{Recorder, RecorderConfig};
 use crate::sinks::metrics::{MetricsError, MetricsRegistry};
 use crate::sources::containerd::{ContainerdMetrics, ContainerdSource};
-use crate::sources::cri_proxy::{CriProxy, ProxyMetrics, Recording, loop_guard, socket};
+use crate::sources::cri_proxy::{CriProxy, ProxyMetrics, loop_guard, socket};
 use crate::sources::health::SourceFamilies;
 use crate::sources::kube::{KubeMetrics, KubeSource};
 use crate::sources::ratelimit::{RateLimitMetrics, RateLimitProbe};
@@ -24,6 +26,7 @@ use tokio::sync::watch;
 struct Instruments {
     registry: MetricsRegistry,
     recorder: Arc<Recorder>,
+    calls: CallMetrics,
     proxy: ProxyMetrics,
     containerd: ContainerdMetrics,
     runtime_status: RuntimeStatusMetrics,
@@ -40,6 +43,7 @@ impl Instruments {
         crate::logging::register_metrics(&registry)?;
         Ok(Self {
             recorder: Arc::new(Recorder::new(recorder, &registry)?),
+            calls: CallMetrics::register(&registry)?,
             proxy: ProxyMetrics::register(&registry, &shared)?,
             containerd: ContainerdMetrics::register(&registry, &shared)?,
             runtime_status: RuntimeStatusMetrics::register(&registry, &shared)?,
@@ -99,6 +103,7 @@ impl RunError {
 /// having removed the socket.
 async fn spawn_interposer(
     pc: &crate::sources::cri_proxy::ProxyConfig,
+    metrics: ProxyMetrics,
     recording: Arc<Recording>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, RunError> {
@@ -138,8 +143,14 @@ async fn spawn_interposer(
                     let _ = bound_tx.send(Err(e.into()));
                     return;
                 }
+                let proxy = match CriProxy::new(&pc, metrics, recording) {
+                    Ok(p) => Arc::new(p),
+                    Err(e) => {
+                        let _ = bound_tx.send(Err(RunError::InterposerRuntime(e)));
+                        return;
+                    }
+                };
                 let _ = bound_tx.send(Ok(()));
-                let proxy = Arc::new(CriProxy::new(&pc, recording));
                 let stopped = async move {
                     let _ = stop.wait_for(|s| *s).await;
                 };
@@ -227,8 +238,15 @@ pub async fn run(
 
     let mut proxy_thread = None;
     if let Some(pc) = &config.proxy {
-        let recording = Recording::new(recorder.clone(), instruments.proxy.clone());
-        proxy_thread = Some(spawn_interposer(pc, recording, stop_rx.clone()).await?);
+        let recording = Recording::new(
+            recorder.clone(),
+            Source::CriProxy,
+            instruments.calls.clone(),
+            instruments.proxy.unobserved.clone(),
+            instruments.proxy.health.clone(),
+        );
+        let metrics = instruments.proxy.clone();
+        proxy_thread = Some(spawn_interposer(pc, metrics, recording, stop_rx.clone()).await?);
         tracing::info!(
             socket = %pc.listen_socket.display(),
             runtime = %pc.runtime_socket.display(),

@@ -124,19 +124,19 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_cri_requests_total",
         Counter,
         ["method", "code"],
-        "CRI calls proxied by the interposer, by gRPC method and status code."
+        "CRI calls observed (through the interposer or by the kernel tap), by gRPC method (\"unknown\" when the tap could not read it) and status code."
     ),
     family!(
         "pullwatch_cri_request_duration_seconds",
         Histogram,
         ["method"],
-        "Duration of CRI calls proxied by the interposer, by gRPC method."
+        "Duration of CRI calls observed (through the interposer or by the kernel tap), by gRPC method."
     ),
     family!(
         "pullwatch_interposer_connections_total",
         Counter,
         ["result"],
-        "Caller connections the interposer accepted, by result (relayed|runtime_unreachable|self_loop)."
+        "Caller connections the interposer accepted, by result (relayed|runtime_unreachable|self_loop|over_limit|out_of_fds)."
     ),
     family!(
         "pullwatch_interposer_connections_open",
@@ -148,7 +148,7 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_interposer_unobserved_connections_total",
         Counter,
         ["cause"],
-        "Connections the interposer relays without observing them from some point on, by cause (not_http2|protocol|hpack|limit|internal)."
+        "Connections the interposer relays without observing them from some point on, by cause (not_http2|protocol|hpack|limit|cost|backlog|internal)."
     ),
     family!(
         "pullwatch_log_lines_dropped_total",
@@ -167,6 +167,12 @@ pub const FAMILIES: &[Family] = &[
         Counter,
         ["label"],
         "Observations whose label value exceeded the distinct-value cap and was counted as \"other\"."
+    ),
+    family!(
+        "pullwatch_label_evictions_total",
+        Counter,
+        ["label"],
+        "Label values that gave their slot (and their series) to a newcomer: quiet for 10 minutes, or never proven when a registry's first success needed the slot."
     ),
     family!(
         "pullwatch_build_info",

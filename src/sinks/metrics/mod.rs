@@ -13,7 +13,8 @@ pub use registry::MetricsRegistry;
 pub(crate) use registry::RenderHook;
 pub use typed::MetricsError;
 pub(crate) use typed::{
-    CounterFamily, FloatGaugeFamily, GaugeFamily, HistogramFamily, LabelSet, LabelValue, counter,
+    CounterFamily, FloatGaugeFamily, ForgetValue, GaugeFamily, HistogramFamily, LabelSet,
+    LabelValue, counter,
 };
 
 #[cfg(test)]

@@ -160,6 +160,41 @@ impl<T: MetricVecBuilder + 'static, L: LabelSet> Family<MetricVec<T>, L> {
     }
 }
 
+/// A family whose series of one label value can be removed: what an owner calls when a value
+/// loses its label slot ([`crate::core::cardinality`]).
+pub(crate) trait ForgetValue: Send + Sync {
+    /// Removes every series whose label `label` is `value`.
+    fn forget(&self, label: &str, value: &str);
+}
+
+impl<T: MetricVecBuilder + 'static, L: LabelSet> ForgetValue for Family<MetricVec<T>, L>
+where
+    MetricVec<T>: Send + Sync,
+{
+    fn forget(&self, label: &str, value: &str) {
+        let Some(at) = L::NAMES.iter().position(|n| *n == label) else {
+            return;
+        };
+        for family in self.0.collect() {
+            for metric in family.get_metric() {
+                let pairs = metric.get_label();
+                let values: Vec<&str> = L::NAMES
+                    .iter()
+                    .map(|n| {
+                        pairs
+                            .iter()
+                            .find(|p| p.name() == *n)
+                            .map_or("", |p| p.value())
+                    })
+                    .collect();
+                if values[at] == value {
+                    let _ = self.0.remove_label_values(&values);
+                }
+            }
+        }
+    }
+}
+
 /// An integer counter family with labels `L`.
 pub(crate) type CounterFamily<L> = Family<IntCounterVec, L>;
 /// An integer gauge family with labels `L`.
@@ -280,5 +315,22 @@ mod tests {
         let twice =
             CounterFamily::<RegistryResult<'static>>::register(&reg, "pullwatch_image_pulls_total");
         assert!(matches!(twice, Err(MetricsError::Registry(_))));
+        // Forgetting a value removes all its series, and only its.
+        for r in ["b.io", "c.io"] {
+            for result in ["success", "failure"] {
+                pulls.inc(&RegistryResult {
+                    registry: r,
+                    result,
+                });
+            }
+        }
+        pulls.forget("registry", "b.io");
+        let text = reg.render();
+        assert!(!text.contains("b.io"), "{text}");
+        assert!(
+            text.contains("registry=\"c.io\",result=\"failure\""),
+            "{text}"
+        );
+        assert!(text.contains("registry=\"a.io\""), "{text}");
     }
 }

@@ -39,7 +39,8 @@ pub fn wall_clock(t: Option<(i64, i32)>) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
-/// Digests with a wall-clock time, forgotten after [`MEMORY`] and bounded in number.
+/// Digests with a wall-clock time (when a download was seen starting; when a counted blob was
+/// committed), forgotten after [`MEMORY`] and bounded in number.
 #[derive(Debug, Default)]
 pub struct Remembered(HashMap<String, (SystemTime, Instant)>);
 
@@ -53,6 +54,17 @@ impl Remembered {
             }
         }
         self.0.entry(digest.to_string()).or_insert((at, now));
+    }
+
+    /// Remembers `digest` at `at`, replacing what was known of it.
+    pub fn set(&mut self, digest: &str, at: SystemTime, now: Instant) {
+        self.forget(digest);
+        self.note(digest, at, now);
+    }
+
+    /// Forgets `digest`.
+    pub fn forget(&mut self, digest: &str) {
+        self.0.remove(digest);
     }
 
     /// The time noted for `digest`.
@@ -130,7 +142,9 @@ pub async fn read(
         };
         blobs.push(Blob {
             started_at: started.get(&digest),
-            counted_before: counted.get(&digest).is_some(),
+            // The same commit an earlier pull counted; a blob collected and downloaded again
+            // has a new commit time, and counts as downloaded again.
+            counted_before: counted.get(&digest) == Some(committed_at),
             digest,
             kind,
             size: u64::try_from(info.size).unwrap_or(0),

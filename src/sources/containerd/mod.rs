@@ -88,6 +88,8 @@ pub struct ContainerdSource {
     /// content listing (plus downloads committed since).
     parents: HashMap<String, String>,
     present: HashSet<String>,
+    /// An image was deleted since `present` was read: read it again at the next poll.
+    present_stale: bool,
     /// Manifests of pulls in progress, read once each.
     manifests: manifests::Manifests,
 }
@@ -113,6 +115,7 @@ impl ContainerdSource {
             ports: HashMap::new(),
             parents: HashMap::new(),
             present: HashSet::new(),
+            present_stale: false,
             manifests: manifests::Manifests::default(),
         }
     }
@@ -178,7 +181,7 @@ impl ContainerdSource {
         let mut content = ContentClient::new(channel.clone());
         let mut images = ImagesClient::new(channel.clone());
         let mut events = EventsClient::new(channel);
-        let filters = ["/images/create", "/images/update"]
+        let filters = ["/images/create", "/images/update", "/images/delete"]
             .map(|topic| format!(r#"namespace=={},topic=="{topic}""#, self.config.namespace))
             .to_vec();
         // containerd sends the stream's headers with its first event: subscribe concurrently
@@ -239,15 +242,21 @@ impl ContainerdSource {
                 total: u64::try_from(s.total).unwrap_or(0),
             })
             .collect();
-        let unknown = samples
-            .iter()
-            .any(|s| !self.origins.contains_key(s.digest()));
+        // A blob being downloaded is not in the store (again, after a garbage collection).
+        for s in &samples {
+            self.present.remove(s.digest());
+        }
+        let unknown = self.present_stale
+            || samples
+                .iter()
+                .any(|s| !self.origins.contains_key(s.digest()));
         let due = self
             .origins_refreshed
             .is_none_or(|t| now.saturating_duration_since(t) >= ORIGIN_REFRESH_MIN_INTERVAL);
         if unknown && due {
             self.refresh_origins(content).await?;
             self.origins_refreshed = Some(now);
+            self.present_stale = false;
         }
         let origins = &self.origins;
         let events = self
@@ -422,6 +431,13 @@ impl ContainerdSource {
             return Ok(());
         };
         let decoded = match envelope.topic.as_str() {
+            // Its content may be collected now (kubelet's image GC): what the store holds is
+            // read again at the next poll, so a re-pull's progress starts from what is there.
+            "/images/delete" => {
+                self.origins_refreshed = None;
+                self.present_stale = true;
+                return Ok(());
+            }
             "/images/create" => ImageCreate::decode(any.value.as_slice()).map(|e| (e.name, true)),
             "/images/update" => ImageUpdate::decode(any.value.as_slice()).map(|e| (e.name, false)),
             _ => return Ok(()),
@@ -455,7 +471,10 @@ impl ContainerdSource {
             return Ok(());
         }
         for b in &record.blobs {
-            self.counted.note(&b.digest, b.committed_at, now);
+            // Counted as of this commit: the same digest committed again (downloaded again
+            // after a garbage collection) is a new download, with a new start.
+            self.counted.set(&b.digest, b.committed_at, now);
+            self.started.forget(&b.digest);
         }
         if created && self.recorder.records_attempts_from(Source::Containerd) {
             if let Some((attempt, anatomy)) = passive_attempt(&record) {
@@ -518,6 +537,7 @@ fn passive_attempt(record: &ContentRecord) -> Option<(PullAttempt, crate::core::
         source: Source::Containerd,
         trace: None,
         credentials: None,
+        readout: None,
     };
     Some((attempt, anatomy))
 }

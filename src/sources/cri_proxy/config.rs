@@ -42,6 +42,19 @@ pub struct ProxyArgs {
     )]
     pub connect_timeout: Duration,
 
+    /// Caller connections relayed at once. Each takes two file descriptors (the caller's and
+    /// its own runtime connection); one more is closed at once and counted
+    /// (`pullwatch_interposer_connections_total{result="over_limit"}`). kubelet keeps two.
+    /// Default: 256, or fewer when the process's open-file limit leaves less room (half of what
+    /// is left after 128 kept for the endpoint and the sources). A value given must fit.
+    #[arg(
+        long,
+        env = "PULLWATCH_CRI_PROXY_MAX_CONNECTIONS",
+        value_name = "N",
+        value_parser = flags::positive_count
+    )]
+    pub cri_proxy_max_connections: Option<usize>,
+
     /// On SIGTERM the interposer stops accepting and removes its socket, closes each connection
     /// once no call is open on it, and closes the rest after this long.
     #[arg(
@@ -69,6 +82,26 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub shutdown_grace: Duration,
+    /// Caller connections relayed at once.
+    pub max_connections: usize,
+}
+
+/// Caller connections relayed at once when the open-file limit leaves room.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+
+/// File descriptors kept free beside the interposer's connections: the HTTP endpoint's
+/// connections (64 by default, plus probes), the sources' clients, logs, the runtime.
+pub const RESERVED_FDS: u64 = 128;
+
+/// The process's soft limit on open files (`/proc/self/limits`), if readable.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.split_whitespace().nth(3)?;
+    if soft == "unlimited" {
+        return Some(u64::MAX);
+    }
+    soft.parse().ok()
 }
 
 impl ProxyConfig {
@@ -102,6 +135,25 @@ impl ProxyConfig {
                 })?)
             }
         };
+        let limit = open_files_limit();
+        let max_connections = match (args.cri_proxy_max_connections, limit) {
+            (Some(n), Some(limit)) if 2 * n as u64 + RESERVED_FDS > limit => {
+                return Err(err(
+                    "cri-proxy-max-connections",
+                    format!(
+                        "{n} connections need {} file descriptors with the {RESERVED_FDS} kept for the rest, over this process's limit of {limit} (raise LimitNOFILE / ulimit -n, or lower the cap)",
+                        2 * n as u64 + RESERVED_FDS
+                    ),
+                ));
+            }
+            (Some(n), _) => n,
+            (None, Some(limit)) => {
+                let room =
+                    usize::try_from(limit.saturating_sub(RESERVED_FDS) / 2).unwrap_or(usize::MAX);
+                DEFAULT_MAX_CONNECTIONS.min(room).max(2)
+            }
+            (None, None) => DEFAULT_MAX_CONNECTIONS,
+        };
         match &args.cri_proxy_socket {
             Some(p) if p.as_os_str().is_empty() => {
                 Err(err("cri-proxy-socket", "must not be empty"))
@@ -117,6 +169,7 @@ impl ProxyConfig {
                 runtime_socket: runtime_socket.to_path_buf(),
                 connect_timeout: args.connect_timeout,
                 shutdown_grace: args.shutdown_grace,
+                max_connections,
             })),
             None => Ok(None),
         }

@@ -1,69 +1,48 @@
-//! The CRI interposer: a byte relay on a unix socket in front of the runtime's CRI socket, with a
-//! passive HTTP/2 observer on a copy of each direction.
+//! The CRI interposer: a byte relay on a unix socket in front of the runtime's CRI socket, with
+//! the passive observer ([`crate::observe`]) on a copy of each direction.
 //!
 //! Each caller connection gets its own runtime connection, and bytes are copied both ways
 //! unchanged as they arrive ([`relay`]): settings, flow control, pings, GOAWAY, stream limits
 //! and every header are the caller's and the runtime's own, so pullwatch is never stricter than
 //! the runtime and one caller can never hold another's window. After each piece is forwarded,
-//! the [`observer`] reads it ([`wire`]: frames and HPACK) to time and classify calls
-//! ([`call`]); when it cannot follow a connection it stops observing it, and the relay goes on.
-//! If the runtime socket cannot be reached, the caller's connection is closed at once, as the
-//! runtime's own socket would refuse it.
+//! its connection's [`Feed`] queues a copy for the observer thread; the relay never waits on
+//! it. If the runtime socket cannot be reached, the caller's connection is closed at once, as
+//! the runtime's own socket would refuse it.
+//!
+//! Bounded whatever callers do: at most `--cri-proxy-max-connections` connections (more are
+//! closed at once, counted), a runtime socket that leads back to a pullwatch is refused with a
+//! growing back-off (never a spin), and running out of file descriptors is told apart from the
+//! runtime being down.
 
-pub mod budget;
-mod call;
 mod config;
-pub mod decode;
-pub mod hpack;
 pub mod loop_guard;
-pub mod methods;
 mod metrics;
-pub mod observer;
 pub mod relay;
 pub mod socket;
-pub mod wire;
 
-use budget::Budget;
 pub use config::{ProxyArgs, ProxyConfig};
-pub use metrics::{ProxyMetrics, Recording};
-use observer::ConnectionObserver;
+pub use metrics::ProxyMetrics;
+
+use crate::logging::Throttle;
+use crate::observe::budget::{self, MemoryBudget};
+use crate::observe::feed::{Feed, Observers};
+use crate::observe::{Recording, wire};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use wire::Side;
 
 /// Label value of the interposer in `pullwatch_runtime_up`.
 pub const SOURCE: &str = "cri_proxy";
 
-/// The running interposer.
-pub struct CriProxy {
-    recording: Arc<Recording>,
-    runtime_socket: PathBuf,
-    connect_timeout: Duration,
-    budget: Arc<Budget>,
-    /// `pullwatch_interposer_connections_open`'s one series, created (at 0) with the interposer.
-    open: prometheus::IntGauge,
-}
-
-/// Counts a relayed connection in `pullwatch_interposer_connections_open` while it lives (also
-/// when its task is cut at the end of the shutdown grace).
-struct OpenConnection(prometheus::IntGauge);
-
-impl OpenConnection {
-    fn new(open: &prometheus::IntGauge) -> Self {
-        open.inc();
-        Self(open.clone())
-    }
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
+/// How often a repeated warning (refused connections, a loop, no descriptors) is written.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// The first back-off after a loop was found, doubled at each new finding up to [`LOOP_MAX`].
+const LOOP_FIRST: Duration = Duration::from_millis(100);
+const LOOP_MAX: Duration = Duration::from_secs(30);
 
 /// `result` label values of `pullwatch_interposer_connections_total`.
 pub mod result {
@@ -71,41 +50,146 @@ pub mod result {
     pub const RELAYED: &str = "relayed";
     /// The runtime socket could not be reached; the caller's connection was closed.
     pub const RUNTIME_UNREACHABLE: &str = "runtime_unreachable";
-    /// The runtime socket led back to pullwatch itself; closed.
+    /// The runtime socket led back to a pullwatch (this one or another); closed.
     pub const SELF_LOOP: &str = "self_loop";
+    /// Over `--cri-proxy-max-connections`; closed at once.
+    pub const OVER_LIMIT: &str = "over_limit";
+    /// pullwatch had no file descriptor left to connect to the runtime; closed.
+    pub const OUT_OF_FDS: &str = "out_of_fds";
 }
 
-impl CriProxy {
-    /// An interposer relaying to `config.runtime_socket`, recording into `recording`.
-    pub fn new(config: &ProxyConfig, recording: Arc<Recording>) -> Self {
+/// The running interposer.
+pub struct CriProxy {
+    metrics: ProxyMetrics,
+    observers: Observers,
+    runtime_socket: PathBuf,
+    connect_timeout: Duration,
+    max_connections: usize,
+    /// Caller connections relayed now.
+    relayed: AtomicUsize,
+    /// `pullwatch_interposer_connections_open`'s one series, created (at 0) with the interposer.
+    open: prometheus::IntGauge,
+    loops: LoopBackoff,
+    /// This process's command name, to know another pullwatch at the runtime socket.
+    comm: Option<String>,
+    warn_over_limit: Throttle,
+    warn_unreachable: Throttle,
+    warn_fds: Throttle,
+}
+
+/// Counts a relayed connection while it lives (also when its task is cut at the end of the
+/// shutdown grace).
+struct OpenConnection<'a>(&'a CriProxy);
+
+impl<'a> OpenConnection<'a> {
+    fn new(proxy: &'a CriProxy) -> Self {
+        proxy.open.inc();
+        Self(proxy)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.open.dec();
+        self.0.relayed.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Refusal of the runtime socket after it was found to lead back to a pullwatch: closed at once
+/// for a back-off that doubles at each new finding, so a loop made after start (a symlink, a
+/// bind mount, two instances pointed at each other) costs a handful of connections, not a spin.
+#[derive(Debug)]
+struct LoopBackoff {
+    state: std::sync::Mutex<(Option<Instant>, Duration)>,
+    warn: Throttle,
+}
+
+impl LoopBackoff {
+    fn new() -> Self {
         Self {
-            open: recording.metrics.connections_open.with(&()),
-            recording,
-            runtime_socket: config.runtime_socket.clone(),
-            connect_timeout: config.connect_timeout,
-            budget: Budget::new(budget::TOTAL),
+            state: std::sync::Mutex::new((None, Duration::ZERO)),
+            warn: Throttle::new(WARN_EVERY),
         }
     }
 
-    fn count(&self, result: &str) {
-        self.recording
-            .metrics
-            .connections
-            .inc(&metrics::ByResult { result });
+    /// Whether connects are held back now.
+    fn holding(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0.is_some_and(|until| Instant::now() < until)
     }
 
-    fn runtime_up(&self, up: bool) {
-        self.recording.metrics.health.set_up(up);
+    /// A loop was found: hold connects back for the next, longer, interval.
+    fn found(&self) -> Duration {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let delay = (s.1 * 2).clamp(LOOP_FIRST, LOOP_MAX);
+        *s = (Some(Instant::now() + delay), delay);
+        delay
+    }
+
+    /// A connect reached a real runtime: the back-off starts over.
+    fn cleared(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.0.is_some() {
+            *s = (None, Duration::ZERO);
+        }
+    }
+}
+
+/// Why a caller's connection is not relayed.
+enum Refused {
+    Unreachable(std::io::Error),
+    OutOfFds(std::io::Error),
+    Loop(&'static str),
+}
+
+/// The command name of process `pid`.
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_string())
+}
+
+impl CriProxy {
+    /// An interposer relaying to `config.runtime_socket`, counting its connections in
+    /// `metrics` and recording what it observes into `recording` through its own observer
+    /// thread.
+    pub fn new(
+        config: &ProxyConfig,
+        metrics: ProxyMetrics,
+        recording: Arc<Recording>,
+    ) -> std::io::Result<Self> {
+        let budget = MemoryBudget::new(budget::TOTAL, budget::FLOOR, config.max_connections);
+        Ok(Self {
+            observers: Observers::start(recording, budget)?,
+            open: metrics.connections_open.with(&()),
+            metrics,
+            runtime_socket: config.runtime_socket.clone(),
+            connect_timeout: config.connect_timeout,
+            max_connections: config.max_connections,
+            relayed: AtomicUsize::new(0),
+            loops: LoopBackoff::new(),
+            comm: comm(std::process::id()),
+            warn_over_limit: Throttle::new(WARN_EVERY),
+            warn_unreachable: Throttle::new(WARN_EVERY),
+            warn_fds: Throttle::new(WARN_EVERY),
+        })
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics.connections.inc(&metrics::ByResult { result });
     }
 
     /// Opens the runtime connection for one caller connection.
-    async fn connect(&self) -> Option<UnixStream> {
+    async fn connect(&self) -> Result<UnixStream, Refused> {
+        if self.loops.holding() {
+            return Err(Refused::Loop("held back after a loop was found"));
+        }
         let connected = tokio::time::timeout(
             self.connect_timeout,
             UnixStream::connect(&self.runtime_socket),
         )
-        .await;
-        let connected = connected.unwrap_or_else(|_| {
+        .await
+        .unwrap_or_else(|_| {
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("timed out after {:?}", self.connect_timeout),
@@ -113,52 +197,72 @@ impl CriProxy {
         });
         let stream = match connected {
             Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(runtime = %self.runtime_socket.display(), error = %e, "runtime socket unreachable; closing the caller's connection");
-                self.runtime_up(false);
-                self.count(result::RUNTIME_UNREACHABLE);
-                return None;
+            // EMFILE, ENFILE: ours to fix, not the runtime's.
+            Err(e) if matches!(e.raw_os_error(), Some(23 | 24)) => {
+                return Err(Refused::OutOfFds(e));
             }
+            Err(e) => return Err(Refused::Unreachable(e)),
         };
-        let peer = stream.peer_cred().ok().and_then(|c| c.pid());
-        if peer.is_some_and(|p| u32::try_from(p).ok() == Some(std::process::id())) {
-            tracing::error!(runtime = %self.runtime_socket.display(), "the runtime socket leads back to pullwatch itself; closing the connection");
-            self.count(result::SELF_LOOP);
-            return None;
+        if let Some(pid) = stream.peer_cred().ok().and_then(|c| c.pid()) {
+            let pid = u32::try_from(pid).unwrap_or(0);
+            if pid == std::process::id() {
+                return Err(Refused::Loop("leads back to this pullwatch"));
+            }
+            if self.comm.is_some() && comm(pid) == self.comm {
+                return Err(Refused::Loop("leads to another pullwatch"));
+            }
         }
-        self.runtime_up(true);
-        Some(stream)
+        self.loops.cleared();
+        Ok(stream)
+    }
+
+    /// Counts and reports a refused caller connection (the caller's side is then closed).
+    fn refused(&self, why: Refused) {
+        let runtime = self.runtime_socket.display();
+        match why {
+            Refused::Unreachable(e) => {
+                self.metrics.health.set_up(false);
+                self.count(result::RUNTIME_UNREACHABLE);
+                if let Some(suppressed) = self.warn_unreachable.allow() {
+                    tracing::warn!(%runtime, error = %e, suppressed, "runtime socket unreachable; closing the caller's connection");
+                }
+            }
+            Refused::OutOfFds(e) => {
+                self.count(result::OUT_OF_FDS);
+                if let Some(suppressed) = self.warn_fds.allow() {
+                    tracing::error!(%runtime, error = %e, suppressed, "no file descriptor left to connect to the runtime (pullwatch's limit, not the runtime); closing the caller's connection");
+                }
+            }
+            Refused::Loop(how) => {
+                self.count(result::SELF_LOOP);
+                let hold = self.loops.found();
+                if let Some(suppressed) = self.loops.warn.allow() {
+                    tracing::error!(%runtime, how, suppressed, hold_ms = hold.as_millis() as u64, "the runtime socket leads to a pullwatch, not a runtime; refusing connections for a while");
+                }
+            }
+        }
     }
 
     /// Relays and observes one caller connection. After `stop` flips, the connection is closed
     /// as soon as it has no call open (or when the shutdown grace ends, see [`Self::serve`]).
     async fn connection(self: Arc<Self>, caller: UnixStream, mut stop: watch::Receiver<bool>) {
-        let Some(runtime) = self.connect().await else {
-            return; // dropping `caller` closes it, as a refused connect would
+        let _open = OpenConnection::new(&self);
+        let runtime = match self.connect().await {
+            Ok(r) => r,
+            Err(why) => return self.refused(why), // dropping `caller` closes it
         };
+        self.metrics.health.set_up(true);
         self.count(result::RELAYED);
-        let _open = OpenConnection::new(&self.open);
-        let observer = Mutex::new(ConnectionObserver::new(
-            self.recording.clone(),
-            self.budget.clone(),
-        ));
+        let feed = self.observers.feed();
         let drained = async {
             let _ = stop.wait_for(|s| *s).await;
-            loop {
-                if observer.lock().map(|o| o.is_idle()).unwrap_or(false) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            feed.idle().await;
         };
         let first = tokio::select! {
-            first = relay::relay(caller, runtime, &observer) => first,
-            () = drained => Side::Caller,
+            first = relay::relay(caller, runtime, &feed) => first,
+            () = drained => relay::Side::Caller,
         };
-        observer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .closed(first);
+        feed.closed(observed_side(first));
     }
 
     /// Accepts connections on `socket` until `shutdown` resolves. Then it closes and removes the
@@ -173,17 +277,29 @@ impl CriProxy {
         let listener: &UnixListener = &socket.listener;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = JoinSet::new();
+        let accept_failed = Throttle::new(WARN_EVERY);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        if self.relayed.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
+                            self.relayed.fetch_sub(1, Ordering::AcqRel);
+                            self.count(result::OVER_LIMIT);
+                            if let Some(suppressed) = self.warn_over_limit.allow() {
+                                tracing::warn!(max = self.max_connections, suppressed, "caller connection over --cri-proxy-max-connections closed");
+                            }
+                            drop(stream);
+                            continue;
+                        }
                         conns.spawn(self.clone().connection(stream, stop_rx.clone()));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::error!(error = %e, "interposer: accepting a connection failed");
+                        if let Some(suppressed) = accept_failed.allow() {
+                            tracing::error!(error = %e, suppressed, "interposer: accepting a connection failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -205,5 +321,20 @@ impl CriProxy {
             );
             conns.shutdown().await;
         }
+    }
+}
+
+/// The relay's side as the observer names it.
+fn observed_side(side: relay::Side) -> wire::Side {
+    match side {
+        relay::Side::Caller => wire::Side::Caller,
+        relay::Side::Runtime => wire::Side::Runtime,
+    }
+}
+
+/// The relay hands each forwarded piece to its connection's feed, which queues a copy.
+impl relay::Tap for Feed {
+    fn bytes(&self, side: relay::Side, bytes: &[u8]) {
+        Feed::bytes(self, observed_side(side), bytes);
     }
 }

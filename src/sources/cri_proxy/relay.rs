@@ -1,8 +1,8 @@
 //! The byte relay: copies one caller connection to its own runtime connection and back, bytes
 //! unchanged, as they arrive. It knows nothing of HTTP/2: after each piece is written on, it
-//! hands a view of it to a [`Tap`], which must not block.
+//! hands a view of it to a [`Tap`], which must return at once (the interposer's copies it into
+//! the observer's queue).
 
-use crate::sources::cri_proxy::wire::Side;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -13,9 +13,27 @@ pub const BUFFER: usize = 16 << 10;
 /// and close after the caller's last frame) before the connection is closed.
 pub const LINGER: Duration = Duration::from_secs(5);
 
+/// One end of a relayed connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The caller (kubelet, crictl, ...).
+    Caller,
+    /// The container runtime.
+    Runtime,
+}
+
+impl Side {
+    fn other(self) -> Self {
+        match self {
+            Side::Caller => Side::Runtime,
+            Side::Runtime => Side::Caller,
+        }
+    }
+}
+
 /// What sees the bytes after they were forwarded.
 pub trait Tap {
-    /// `side` sent `bytes`; they have been written to the other side.
+    /// `side` sent `bytes`; they have been written to the other side. Must not block.
     fn bytes(&self, side: Side, bytes: &[u8]);
 }
 
@@ -37,10 +55,7 @@ where
             Ok(n) => n,
         };
         if to.write_all(&buf[..n]).await.is_err() {
-            return match side {
-                Side::Caller => Side::Runtime,
-                Side::Runtime => Side::Caller,
-            };
+            return side.other();
         }
         tap.bytes(side, &buf[..n]);
     }

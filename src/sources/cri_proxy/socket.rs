@@ -14,10 +14,12 @@ use tokio::net::UnixListener;
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
     /// Another process is accepting connections on the path.
-    #[error("{path}: another process is already listening on this socket")]
+    #[error("{path}: another process is already listening on this socket{busy}")]
     InUse {
         /// Socket path.
         path: PathBuf,
+        /// `" (its backlog is full)"` when it did not take the test connection.
+        busy: &'static str,
     },
     /// Another pullwatch holds the socket's lock (it is starting or running on this path).
     #[error("{path}: another pullwatch holds {lock} (one instance per socket)")]
@@ -129,6 +131,22 @@ pub fn resolve_group(value: &str, etc_group: &str) -> Option<u32> {
         .map(|(_, gid)| gid)
 }
 
+/// Whether a process accepts connections on the socket at `path`: `Some("")` if a connect
+/// succeeds, `Some(" (its backlog is full)")` if the socket is live but takes no more
+/// connections now. The connect never blocks (a full backlog would block a plain connect
+/// forever): a stale socket refuses at once.
+fn live(path: &Path) -> Option<&'static str> {
+    let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).ok()?;
+    socket.set_nonblocking(true).ok()?;
+    let addr = socket2::SockAddr::unix(path).ok()?;
+    match socket.connect(&addr) {
+        Ok(()) => Some(""),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(" (its backlog is full)"),
+        Err(e) if e.raw_os_error() == Some(115) => Some(""), // EINPROGRESS
+        Err(_) => None,
+    }
+}
+
 /// Binds a unix socket at `path` with permission bits `mode` (e.g. `0o660`) and, if given, owned
 /// by group `group`; both are set before the socket appears at `path`.
 pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<BoundSocket, SocketError> {
@@ -164,9 +182,10 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<BoundSocket, S
     }
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            if let Some(busy) = live(path) {
                 return Err(SocketError::InUse {
                     path: path.to_path_buf(),
+                    busy,
                 });
             }
             tracing::info!(path = %path.display(), "removing stale socket");
@@ -244,6 +263,25 @@ mod tests {
             Err(SocketError::InUse { .. })
         ));
         drop(other);
+        // A live socket whose backlog is full: refused at once, never a hanging connect.
+        fs::remove_file(&path).unwrap();
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        while let Ok(c) = {
+            let s =
+                socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s.connect(&socket2::SockAddr::unix(&path).unwrap())
+                .map(|()| s)
+        } {
+            held.push(c);
+            assert!(held.len() < 100_000, "the backlog never filled");
+        }
+        let started = std::time::Instant::now();
+        let e = bind(&path, 0o600, None).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        assert!(e.to_string().contains("its backlog is full"), "{e}");
+        drop((other, held));
     }
 
     #[tokio::test]

@@ -490,6 +490,7 @@ fn attempt(
         source: Source::Kube,
         trace: None,
         credentials: None,
+        readout: None,
     }
 }
 

@@ -9,9 +9,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-/// The pullwatch binary: Cargo's path for tests; for examples (which Cargo gives none), the
-/// `pullwatch` next to the `examples/` directory the running example lives in.
+/// The pullwatch binary: `PULLWATCH_TEST_BIN` if set (to show a test fails with an earlier
+/// build), else Cargo's path for tests; for examples (which Cargo gives none), the `pullwatch`
+/// next to the `examples/` directory the running example lives in.
 pub fn pullwatch_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PULLWATCH_TEST_BIN") {
+        return PathBuf::from(p);
+    }
     if let Some(p) = option_env!("CARGO_BIN_EXE_pullwatch") {
         return PathBuf::from(p);
     }
@@ -100,6 +104,16 @@ impl Agent {
         Self::spawn_in(dir, runtime_sock, Some(dir.join("proxy.sock")), &args)
     }
 
+    /// Starts `pullwatch run` relaying `proxy_sock` (if any) to `runtime_sock`, logs in `dir`.
+    pub fn spawn_with(
+        dir: &std::path::Path,
+        runtime_sock: &std::path::Path,
+        proxy_sock: Option<PathBuf>,
+        extra: &[&str],
+    ) -> Self {
+        Self::spawn_in(dir, runtime_sock, proxy_sock, extra)
+    }
+
     fn spawn_in(
         dir: &std::path::Path,
         runtime_sock: &std::path::Path,
@@ -142,7 +156,11 @@ impl Agent {
             .arg(runtime_sock)
             .arg("--listen")
             .arg(addr.to_string())
-            .args(["--log-format", "json"])
+            .args(if extra.contains(&"--log-format") {
+                &[][..]
+            } else {
+                &["--log-format", "json"][..]
+            })
             // Trace by default (the credential test reads everything); callers may lower it.
             .args(if extra.contains(&"--log-level") {
                 &[][..]

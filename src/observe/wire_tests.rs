@@ -99,7 +99,10 @@ type Owned = (u32, String);
 /// Feeds `bytes` to a fresh reader in pieces of `step` bytes; returns the events (DATA pieces
 /// joined per stream and END_STREAM) as comparable text, and the result.
 fn run(side: Side, bytes: &[u8], step: usize) -> (Vec<String>, Result<(), Unobservable>) {
-    let mut r = Reader::new(side);
+    let mut r = Reader::new(
+        side,
+        &crate::observe::budget::MemoryBudget::unlimited().share(),
+    );
     let mut out: Vec<String> = Vec::new();
     let mut data: Option<Owned> = None;
     let mut on = |ev: Event<'_>| match ev {
@@ -206,11 +209,11 @@ fn dynamic_table_eviction_and_size_updates_stay_in_sync() {
     let mut s = caller_open();
     // Three 1.5 KiB entries in a 4 KiB table: the first is evicted by the third.
     let mut b = request("/a", &[]);
-    for (name, fill) in [("x-one", b'1'), ("x-two", b'2'), ("grpc-timeout", b'3')] {
+    for (name, fill) in [("x-one", b'1'), ("x-two", b'2'), ("grpc-message", b'3')] {
         indexed_literal(name, &vec![fill; 1500], &mut b);
     }
     s.extend(frame(HEADERS, END_HEADERS, 1, &b));
-    // Newest is 62 (grpc-timeout 333..), then 63 (x-two); 64 (x-one) was evicted.
+    // Newest is 62 (grpc-message 333..), then 63 (x-two); 64 (x-one) was evicted.
     let mut b2 = Vec::new();
     indexed(3, &mut b2);
     literal(":path", b"/b", &mut b2);
@@ -231,7 +234,7 @@ fn dynamic_table_eviction_and_size_updates_stay_in_sync() {
     assert_eq!(res, Ok(()), "{ev:#?}");
     assert_eq!(ev.len(), 4);
     assert!(ev[1].contains("path: Some(\"/b\")"));
-    assert!(ev[1].contains(&format!("grpc_timeout: Some({:?})", "3".repeat(1500))));
+    assert!(ev[1].contains(&format!("grpc_message: Some({:?})", vec![b'3'; 1500])));
     assert!(ev[3].contains("grpc_timeout: Some(\"5S\")"), "{}", ev[3]);
 
     // Referring to the evicted entry is a desync: observation ends.
@@ -242,6 +245,63 @@ fn dynamic_table_eviction_and_size_updates_stay_in_sync() {
     s.extend(frame(HEADERS, END_HEADERS, 3, &bad));
     let (_, res) = events(Side::Caller, &s);
     assert!(matches!(res, Err(Unobservable::Hpack(_))), "{res:?}");
+}
+
+#[test]
+fn only_the_first_of_each_read_header_is_kept_and_long_values_are_dropped() {
+    let mut b = Vec::new();
+    literal(":path", &[b'/'; 200], &mut b);
+    literal(":path", b"/runtime.v1.RuntimeService/Version", &mut b);
+    literal("grpc-timeout", b"99999999999999999S", &mut b);
+    literal(
+        "traceparent",
+        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        &mut b,
+    );
+    let mut s = caller_open();
+    s.extend(frame(HEADERS, END_HEADERS, 1, &b));
+    let (ev, res) = events(Side::Caller, &s);
+    assert_eq!(res, Ok(()));
+    assert!(
+        ev[0].contains("path: None"),
+        "an overlong first :path is no CRI call: {}",
+        ev[0]
+    );
+    assert!(ev[0].contains("grpc_timeout: None"), "{}", ev[0]);
+    assert!(ev[0].contains("traceparent: Some"), "{}", ev[0]);
+}
+
+#[test]
+fn a_block_that_decodes_to_far_more_than_it_weighs_is_given_up_as_cost() {
+    let mut s = caller_open();
+    let mut b = Vec::new();
+    indexed_literal(":path", &vec![b'p'; 4000], &mut b);
+    s.extend(frame(HEADERS, END_HEADERS, 1, &b));
+    // 16 KiB of one-byte references to it: 64 MB decoded.
+    s.extend(frame(HEADERS, END_HEADERS, 3, &vec![0xbe; 16 << 10]));
+    let (_, res) = events(Side::Caller, &s);
+    assert!(matches!(res, Err(Unobservable::Cost(_))), "{res:?}");
+    assert_eq!(res.unwrap_err().cause(), "cost");
+}
+
+#[test]
+fn header_blocks_are_held_from_the_connections_share() {
+    use crate::observe::budget::MemoryBudget;
+    // A floor of 64 KiB and no pool to speak of.
+    let share = MemoryBudget::new(128 << 10, 64 << 10, 1).share();
+    let mut r = Reader::new(Side::Caller, &share);
+    let mut s = caller_open();
+    s.extend(frame(HEADERS, 0, 1, &vec![0x82; 40 << 10]));
+    r.feed(&s, &mut |_| {}).unwrap();
+    assert!(
+        share.used() >= 40 << 10,
+        "the open block is held: {}",
+        share.used()
+    );
+    let more = frame(CONTINUATION, 0, 1, &vec![0x82; 100 << 10]);
+    let e = r.feed(&more, &mut |_| {}).unwrap_err();
+    assert_eq!(e.cause(), "limit");
+    assert_eq!(share.used(), 0, "given back when observation ends");
 }
 
 #[test]
@@ -338,7 +398,10 @@ fn what_it_cannot_follow_ends_observation() {
             "{res:?}"
         );
         // Once failed, the reader ignores everything.
-        let mut r = Reader::new(side);
+        let mut r = Reader::new(
+            side,
+            &crate::observe::budget::MemoryBudget::unlimited().share(),
+        );
         let _ = r.feed(&bytes, &mut |_| {});
         let mut n = 0;
         assert_eq!(r.feed(&caller_open(), &mut |_| n += 1), Ok(()));

@@ -1,18 +1,17 @@
-//! Observation of one relayed CRI call: its method, timing and final gRPC status, and for
-//! PullImage the decoded request (image, pod) and response (image ref), turned into a
-//! [`PullAttempt`] when the call ends, however it ends.
+//! Observation of one CRI call: its method, timing and final gRPC status, and for PullImage the
+//! decoded request (image, pod) and response (image ref), turned into a [`PullAttempt`] when
+//! the call ends, however it ends. Times are those the transport saw the bytes at.
 
-use super::Recording;
-use super::metrics::{ByMethod, MethodCode};
-use crate::core::attempt::{Outcome, PullAttempt, Source, TraceContext};
+use crate::core::attempt::{CauseFrom, Outcome, PullAttempt, Readout, TraceContext};
 use crate::core::reason::Reason;
 use crate::grpc::status::{self, GrpcStatus, code_name};
 use crate::grpc::timeout;
+use crate::observe::budget::Lease;
+use crate::observe::decode::{self, ObservedPull};
+use crate::observe::methods;
+use crate::observe::wire::{Head, StatusByOrder};
+use crate::observe::{ByMethod, ByPart, MethodCode, Recording};
 use crate::recorder::InFlight;
-use crate::sources::cri_proxy::budget::Lease;
-use crate::sources::cri_proxy::decode::{self, ObservedPull};
-use crate::sources::cri_proxy::methods;
-use crate::sources::cri_proxy::wire::Head;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;
@@ -22,6 +21,11 @@ use tonic::Code;
 pub const MAX_REQUEST_CAPTURE: usize = 4 << 20;
 /// Largest PullImage response buffered (it holds one string).
 const MAX_RESPONSE_CAPTURE: usize = 64 << 10;
+/// Largest request buffered of a call whose method could not be read (to tell a PullImage by
+/// its message; kubelet's are a few KiB with the pod's sandbox config).
+const MAX_UNREAD_CAPTURE: usize = 256 << 10;
+/// The message of a failure whose status and message could not be read.
+pub(crate) const UNREADABLE: &str = "the runtime's status could not be read: the kernel tap joined the connection after the HPACK entries that name it were sent (pullwatch_cri_tap_partial_calls_total)";
 
 /// Bytes of a PullImage message collected as they are relayed, within a memory lease.
 struct Capture {
@@ -61,13 +65,16 @@ impl Capture {
     }
 }
 
-/// The PullImage part of a call.
+/// The PullImage part of a call (or of a call whose method could not be read, until its
+/// request tells whether it is one).
 struct Pull {
     request: Capture,
     response: Capture,
     /// The decoded request, once the request ended (`Some(None)`: not decodable).
     observed: Option<Option<ObservedPull>>,
     in_flight: Option<InFlight>,
+    /// The method was not read: this is a PullImage only if its request says so.
+    tentative: bool,
 }
 
 /// How a call ended.
@@ -94,34 +101,70 @@ pub(crate) struct Call {
     pull: Option<Pull>,
     http_status: Option<u16>,
     status: Option<GrpcStatus>,
+    /// The status was read by its place in the trailers ([`Head::status_by_order`]).
+    status_by_order: bool,
+    /// A stream-ending block's status could not be read (unnamed, unknown value); the message
+    /// by its place, if it could be.
+    unreadable_status: Option<Option<String>>,
+    /// Response header blocks seen, and whether DATA came before the last.
+    response_blocks: u8,
+    response_data: bool,
+    /// The method could not be read (its `:path` was an HPACK entry from before the join).
+    unread_method: bool,
+    /// The caller's request ended.
+    request_done: bool,
     finished: bool,
 }
 
 impl Call {
-    /// Starts observing a call from its request header block. `lease` is the memory budget of
-    /// the PullImage captures.
-    pub(crate) fn new(recording: Arc<Recording>, head: &Head, lease: impl Fn() -> Lease) -> Self {
+    /// Starts observing a call from its request header block, seen at `at`. `lease` gives the
+    /// memory of the PullImage captures.
+    pub(crate) fn new(
+        recording: Arc<Recording>,
+        head: &Head,
+        lease: impl Fn() -> Lease,
+        at: Instant,
+    ) -> Self {
         let path = head.path.as_deref().unwrap_or("");
-        let pull = methods::is_pull_image(path).then(|| Pull {
-            request: Capture::new(lease(), MAX_REQUEST_CAPTURE),
+        let unread_method = head.path_unreadable();
+        let pull = (methods::is_pull_image(path) || unread_method).then(|| Pull {
+            request: Capture::new(
+                lease(),
+                if unread_method {
+                    MAX_UNREAD_CAPTURE
+                } else {
+                    MAX_REQUEST_CAPTURE
+                },
+            ),
             response: Capture::new(lease(), MAX_RESPONSE_CAPTURE),
             observed: None,
             in_flight: None,
+            tentative: unread_method,
         });
         Self {
-            method: methods::label(path),
+            method: if unread_method {
+                methods::UNREAD
+            } else {
+                methods::label(path)
+            },
             deadline: head.grpc_timeout.as_deref().and_then(timeout::parse),
             trace: head
                 .traceparent
                 .as_deref()
                 .and_then(TraceContext::parse)
                 .map(Box::new),
-            started: Instant::now(),
-            started_at: SystemTime::now(),
+            started: at,
+            started_at: wall_clock(at),
             recording,
             pull,
             http_status: None,
             status: None,
+            status_by_order: false,
+            unreadable_status: None,
+            response_blocks: 0,
+            response_data: false,
+            unread_method,
+            request_done: false,
             finished: false,
         }
     }
@@ -135,10 +178,30 @@ impl Call {
         }
     }
 
-    /// The caller finished its request: decode it (once) and count the pull as in flight.
+    /// The caller finished its request: decode it (once) and count the pull as in flight. A
+    /// call whose method could not be read is a pull only if its request is one by its shape
+    /// ([`decode::pull_request_by_shape`]); otherwise it is no pull.
     pub(crate) fn on_request_end(&mut self) {
+        self.request_done = true;
         let Some(p) = &mut self.pull else { return };
         if p.observed.is_some() {
+            return;
+        }
+        if p.tentative {
+            let decoded = (!p.request.overflow)
+                .then(|| decode::pull_request_by_shape(&p.request.buf))
+                .flatten();
+            p.request.wipe();
+            let Some(o) = decoded else {
+                self.pull = None;
+                return;
+            };
+            p.in_flight = Some(self.recording.recorder.pull_started_for(
+                &o.image,
+                o.reference.as_ref(),
+                o.pod.clone(),
+            ));
+            p.observed = Some(Some(o));
             return;
         }
         let decoded = if p.request.overflow {
@@ -148,10 +211,7 @@ impl Call {
         };
         p.request.wipe();
         if decoded.is_none() {
-            self.recording
-                .metrics
-                .health
-                .decode_error("pull_image_request");
+            self.recording.health.decode_error("pull_image_request");
             tracing::debug!("could not decode a PullImage request; relayed unchanged");
         }
         let recorder = &self.recording.recorder;
@@ -163,21 +223,70 @@ impl Call {
     }
 
     /// A response header block: the head first, trailers after (or one block for both: a
-    /// trailers-only answer). The observer ends the call when the block ends the stream.
-    pub(crate) fn on_response_headers(&mut self, head: &Head) {
+    /// trailers-only answer). The observer ends the call when the block ends the stream. When
+    /// the block's names were partly unknown (the tap joined late), the status and message are
+    /// read by their place, or said to be unreadable.
+    pub(crate) fn on_response_headers(&mut self, head: &Head, end_stream: bool) {
+        self.response_blocks = self.response_blocks.saturating_add(1);
         if self.http_status.is_none() {
             self.http_status = head.status.or(Some(200));
         }
         if let Some(code) = &head.grpc_status {
             self.status = Some(status::from_raw(code, head.grpc_message.as_deref()));
+            return;
+        }
+        if !end_stream || !head.has_unnamed() {
+            return;
+        }
+        let trailers_only = self.response_blocks == 1 && !self.response_data;
+        match head.status_by_order(trailers_only) {
+            Some(StatusByOrder {
+                code: Some(code),
+                message,
+            }) => {
+                self.status = Some(status::from_raw(&code, message.as_deref()));
+                self.status_by_order = true;
+            }
+            Some(StatusByOrder {
+                code: None,
+                message,
+            }) => {
+                self.unreadable_status = Some(message.map(|m| status::decode_message(&m)));
+            }
+            None => self.unreadable_status = Some(None),
         }
     }
 
     /// Response message bytes.
     pub(crate) fn on_response_data(&mut self, data: &[u8]) {
+        self.response_data |= !data.is_empty();
         if let Some(p) = &mut self.pull {
             p.response.push(data);
         }
+    }
+
+    /// Whether the caller's request ended (its END_STREAM was seen).
+    pub(crate) fn request_ended(&self) -> bool {
+        self.request_done
+    }
+
+    /// How long the call has been open at `now`.
+    pub(crate) fn open_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Counts a part of the call that could not be read in the transport's partial family.
+    fn partial(&self, part: &'static str) {
+        if let Some(f) = &self.recording.partial {
+            f.inc(&ByPart { part });
+        }
+    }
+
+    /// Drops the call unrecorded because the observer lost track of it (bytes lost, a
+    /// resynchronization), counted as partial.
+    pub(crate) fn lost(mut self) {
+        self.finished = true;
+        self.partial("lost");
     }
 
     /// Drops the call unrecorded: the runtime never processed it (REFUSED_STREAM, or a GOAWAY
@@ -186,14 +295,29 @@ impl Call {
         self.finished = true;
     }
 
-    /// Records the call (once).
-    pub(crate) fn finish(mut self, end: End) {
+    /// Records the call (once), ended at `at`.
+    pub(crate) fn finish(mut self, end: End, at: Instant) {
         self.finished = true;
-        let duration = self.started.elapsed();
+        let duration = at.saturating_duration_since(self.started);
         let (code, message, forced) = match end {
-            End::Completed => match &self.status {
-                Some(s) => (s.code, s.message.clone(), None),
-                None => match self.http_status {
+            End::Completed => match (&self.status, &self.unreadable_status) {
+                (Some(s), _) => (s.code, s.message.clone(), None),
+                // A pull answered with its image ref succeeded, whatever status it had.
+                (None, Some(_)) if self.answered_with_image() => {
+                    self.partial("status");
+                    (Code::Ok, String::new(), None)
+                }
+                (None, Some(message)) => {
+                    self.partial("status");
+                    match message {
+                        Some(m) => {
+                            self.status_by_order = true;
+                            (Code::Unknown, m.clone(), None)
+                        }
+                        None => (Code::Unknown, UNREADABLE.to_string(), Some(Reason::Unknown)),
+                    }
+                }
+                (None, None) => match self.http_status {
                     Some(h) if h != 200 => (
                         status::code_from_http(h),
                         format!("runtime answered HTTP {h} without grpc-status"),
@@ -238,8 +362,21 @@ impl Call {
         self.record(code, message, forced, duration);
     }
 
+    /// Whether a pull's answer is a PullImage response with an image ref.
+    fn answered_with_image(&self) -> bool {
+        self.pull.as_ref().is_some_and(|p| {
+            !p.response.overflow && decode::pull_response_by_shape(&p.response.buf).is_some()
+        })
+    }
+
     fn record(&mut self, code: Code, message: String, forced: Option<Reason>, duration: Duration) {
-        let metrics = &self.recording.metrics;
+        if self.unread_method {
+            self.partial("method");
+        }
+        if self.status_by_order {
+            self.partial("names");
+        }
+        let metrics = &self.recording.calls;
         metrics.requests.inc(&MethodCode {
             method: self.method,
             code: code_name(code),
@@ -268,6 +405,7 @@ impl Call {
             },
             _ => Outcome::failure(code, message),
         };
+        let readout = self.readout(&outcome);
         // An undecodable request: nothing is known of it, not even whether it had credentials.
         let decoded = pull.observed.take().flatten();
         let credentials = decoded.as_ref().map(|o| o.credentials);
@@ -284,12 +422,31 @@ impl Call {
             started_at: self.started_at,
             duration: Some(duration),
             outcome,
-            source: Source::CriProxy,
+            source: self.recording.source,
             trace: self.trace.take(),
             credentials,
+            readout,
         };
         self.recording.recorder.record(&attempt);
         drop(pull.in_flight.take());
+    }
+
+    /// What of the call could not be read from its own fields, and where it was read instead.
+    fn readout(&self, outcome: &Outcome) -> Option<Readout> {
+        let unread_status = self.unreadable_status.is_some();
+        if !(self.unread_method || self.status_by_order || unread_status) {
+            return None;
+        }
+        let cause_from = match outcome {
+            Outcome::Success { .. } => None,
+            Outcome::Failure { .. } if self.status_by_order => Some(CauseFrom::TrailerOrder),
+            Outcome::Failure { .. } if unread_status => Some(CauseFrom::Unreadable),
+            Outcome::Failure { .. } => Some(CauseFrom::Trailers),
+        };
+        Some(Readout {
+            method_from_message: self.unread_method,
+            cause_from,
+        })
     }
 
     fn decode_image_ref(&self, response: &Capture) -> String {
@@ -297,13 +454,17 @@ impl Call {
             .then(|| decode::pull_response(&response.buf))
             .flatten();
         decoded.unwrap_or_else(|| {
-            self.recording
-                .metrics
-                .health
-                .decode_error("pull_image_response");
+            self.recording.health.decode_error("pull_image_response");
             String::new()
         })
     }
+}
+
+/// The wall-clock time of `at` (a monotonic instant of the recent past).
+fn wall_clock(at: Instant) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(at.elapsed())
+        .unwrap_or_else(SystemTime::now)
 }
 
 impl Drop for Call {

@@ -1,13 +1,21 @@
-//! A passive HTTP/2 reader for one direction of one relayed connection. It is fed the bytes the
-//! relay already forwarded, in whatever pieces they arrived, and turns them into the few
-//! [`Event`]s the interposer observes: request and response header blocks (only the fields
+//! A passive HTTP/2 reader for one direction of one observed connection. It is fed copies of
+//! the bytes that direction carried, in whatever pieces they arrived, and turns them into the
+//! few [`Event`]s pullwatch observes: request and response header blocks (only the fields
 //! pullwatch reads), DATA payloads, RST_STREAM and GOAWAY. It never buffers DATA, keeps its own
 //! HPACK dynamic table (every header block is decoded, wanted or not, so the table never drifts),
 //! and is lenient where a peer is the judge: it enforces nothing and answers nothing. Anything it
-//! does not understand, or that would take more memory than its limits, ends observation with an
-//! [`Unobservable`] cause; the bytes were forwarded before it looked at them.
+//! does not understand, or that would take more memory or work than its limits, ends observation
+//! with an [`Unobservable`] cause; the bytes were forwarded before it looked at them.
+//!
+//! Its work per input byte is bounded: HPACK references are resolved without copying, only the
+//! few headers pullwatch reads are materialized (the first of each, capped in length), and a
+//! header block that decodes to far more than it weighs (HPACK amplification) ends observation
+//! as `cost`. Its buffers (the frame being collected, the header block being assembled) are
+//! held from the connection's memory [`Share`].
 
-use crate::sources::cri_proxy::hpack::Decoder;
+use crate::observe::budget::{Lease, Share};
+use crate::observe::hpack::{Decoder, HpackError};
+use std::sync::Arc;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -15,11 +23,26 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADER_LEN: usize = 9;
 /// Largest header block (HEADERS/PUSH_PROMISE plus CONTINUATIONs) buffered for decoding. grpc-go
 /// and containerd send a few hundred bytes; a larger block ends observation, never the call.
-pub const MAX_HEADER_BLOCK: usize = 1 << 20;
+pub const MAX_HEADER_BLOCK: usize = 256 << 10;
+/// The decoded size (RFC 9113 §6.5.2: name + value + 32 per field) a header block may reach:
+/// [`LIST_PER_BYTE`] times its own size, at least [`LIST_FLOOR`], at most [`LIST_MAX`]. kubelet's
+/// blocks decode to about 20 times their size; one-byte references to a long table entry, an
+/// amplification attack, to thousands.
+const LIST_PER_BYTE: usize = 128;
+const LIST_FLOOR: usize = 16 << 10;
+const LIST_MAX: usize = 1 << 20;
 /// Largest HPACK dynamic table the observer keeps per direction (peers default to 4 KiB).
 pub const MAX_HPACK_TABLE: usize = 64 << 10;
-/// Longest value kept of a header the interposer reads (`grpc-message` can be a long error).
-const MAX_VALUE: usize = 16 << 10;
+/// Longest value kept of `grpc-message` (a runtime's error can be long; it is cut, not refused).
+const MAX_MESSAGE: usize = 16 << 10;
+/// Longest `:path` that can be a CRI method (the longest is under 60 bytes); a longer one is no
+/// CRI call and is not materialized.
+const MAX_PATH: usize = 128;
+/// Longest `grpc-timeout` (at most 8 digits and a unit), `grpc-status` and W3C `traceparent`
+/// (55 characters) worth reading; longer values are malformed and dropped.
+const MAX_TIMEOUT: usize = 16;
+const MAX_STATUS: usize = 8;
+const MAX_TRACEPARENT: usize = 64;
 
 /// Frame types and flags (RFC 9113 §6).
 pub(crate) const DATA: u8 = 0x0;
@@ -44,11 +67,11 @@ pub enum Side {
     Runtime,
 }
 
-/// The header fields of one block that the interposer reads; all others are decoded (for the
-/// HPACK table) and dropped. Values are kept raw, bounded in length.
+/// The header fields of one block that pullwatch reads; all others are decoded (for the HPACK
+/// table) and dropped. Only the first occurrence of each is kept, each bounded in length.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Head {
-    /// `:path` (requests).
+    /// `:path` (requests); `None` if absent or longer than any CRI method.
     pub path: Option<String>,
     /// `:status` (responses).
     pub status: Option<u16>,
@@ -58,26 +81,152 @@ pub struct Head {
     pub traceparent: Option<String>,
     /// `grpc-status` (responses and trailers).
     pub grpc_status: Option<String>,
-    /// `grpc-message`, still percent-encoded.
+    /// `grpc-message`, still percent-encoded, cut at 16 KiB.
     pub grpc_message: Option<Vec<u8>>,
+    /// The block's first fields in order ([`MAX_ORDER`]), each by the name pullwatch knows it
+    /// by, or unnamed (with its value, cut at 16 KiB, when known) where the decoder joined the
+    /// connection too late to know the name: what is left to read a gRPC status by its place
+    /// ([`Head::status_by_order`]).
+    pub order: Vec<Slot>,
+    /// Which of the fields above were seen (a repeat is ignored, never copied again).
+    seen: u8,
+}
+
+/// Fields kept in [`Head::order`].
+pub const MAX_ORDER: usize = 8;
+
+/// One field of a header block, as far as its name is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// A field pullwatch knows by this name.
+    Named(Field),
+    /// A field whose name the decoder could not know; its value when it could.
+    Unnamed(Option<Vec<u8>>),
+}
+
+/// The names [`Head::order`] tells apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// `:path`.
+    Path,
+    /// `:status`.
+    Status,
+    /// `content-type`.
+    ContentType,
+    /// `grpc-status`.
+    GrpcStatus,
+    /// `grpc-message`.
+    GrpcMessage,
+    /// Any other.
+    Other,
+}
+
+/// The gRPC status of a stream-ending block whose names were partly unknown, read by the
+/// place gRPC's HTTP/2 protocol gives each field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusByOrder {
+    /// `grpc-status`, if its value was known.
+    pub code: Option<String>,
+    /// `grpc-message` (percent-encoded), if its value was known.
+    pub message: Option<Vec<u8>>,
 }
 
 impl Head {
-    fn field(&mut self, name: &[u8], value: &[u8]) {
-        let text = || String::from_utf8_lossy(&value[..value.len().min(MAX_VALUE)]).into_owned();
-        match name {
-            b":path" => self.path = Some(text()),
-            b":status" => {
+    fn field(&mut self, name: Option<&[u8]>, value: Option<&[u8]>) {
+        let Some(name) = name else {
+            if self.order.len() < MAX_ORDER {
+                let v = value.map(|v| v[..v.len().min(MAX_MESSAGE)].to_vec());
+                self.order.push(Slot::Unnamed(v));
+            }
+            return;
+        };
+        let (bit, which) = match name {
+            b":path" => (1, Field::Path),
+            b":status" => (2, Field::Status),
+            b"grpc-timeout" => (4, Field::Other),
+            b"traceparent" => (8, Field::Other),
+            b"grpc-status" => (16, Field::GrpcStatus),
+            b"grpc-message" => (32, Field::GrpcMessage),
+            b"content-type" => (0, Field::ContentType),
+            _ => (0, Field::Other),
+        };
+        if self.order.len() < MAX_ORDER {
+            self.order.push(Slot::Named(which));
+        }
+        let Some(value) = value else { return };
+        if bit == 0 || self.seen & bit != 0 {
+            return;
+        }
+        self.seen |= bit;
+        let text =
+            |max: usize| (value.len() <= max).then(|| String::from_utf8_lossy(value).into_owned());
+        match bit {
+            1 => self.path = text(MAX_PATH),
+            2 => {
                 self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
             }
-            b"grpc-timeout" => self.grpc_timeout = Some(text()),
-            b"traceparent" => self.traceparent = Some(text()),
-            b"grpc-status" => self.grpc_status = Some(text()),
-            b"grpc-message" => {
-                self.grpc_message = Some(value[..value.len().min(MAX_VALUE)].to_vec());
-            }
-            _ => {}
+            4 => self.grpc_timeout = text(MAX_TIMEOUT),
+            8 => self.traceparent = text(MAX_TRACEPARENT),
+            16 => self.grpc_status = text(MAX_STATUS),
+            _ => self.grpc_message = Some(value[..value.len().min(MAX_MESSAGE)].to_vec()),
         }
+    }
+
+    /// Whether some field's name could not be known (the decoder joined late).
+    pub fn has_unnamed(&self) -> bool {
+        self.order.iter().any(|s| matches!(s, Slot::Unnamed(_)))
+    }
+
+    /// Whether a request's `:path` may be among the fields whose name could not be known.
+    pub fn path_unreadable(&self) -> bool {
+        self.path.is_none() && self.has_unnamed() && !self.order.contains(&Slot::Named(Field::Path))
+    }
+
+    /// The gRPC status and message of a stream-ending block from a grpc server whose names
+    /// were partly unknown, by place: gRPC over HTTP/2 sends `grpc-status`, then
+    /// `grpc-message`, first in trailers, after `:status` and `content-type` in a
+    /// Trailers-Only response (`trailers_only`). `None` when the block does not have that
+    /// shape (a known name out of place, a status value that is not a gRPC code, a message
+    /// that is not percent-encoded text), or when nothing was unknown (read the fields).
+    pub fn status_by_order(&self, trailers_only: bool) -> Option<StatusByOrder> {
+        if !self.has_unnamed() {
+            return None;
+        }
+        let mut slots = self.order.iter();
+        if trailers_only {
+            // `:status` is always the static table's; `content-type` may be an unknown entry.
+            if slots.next() != Some(&Slot::Named(Field::Status)) {
+                return None;
+            }
+            match slots.next()? {
+                Slot::Named(Field::ContentType) | Slot::Unnamed(_) => {}
+                Slot::Named(_) => return None,
+            }
+        }
+        let code = match slots.next()? {
+            Slot::Named(Field::GrpcStatus) => self.grpc_status.clone(),
+            Slot::Unnamed(Some(v)) => {
+                let code = std::str::from_utf8(v).ok()?;
+                code.parse::<u8>().ok().filter(|c| *c <= 16)?;
+                Some(code.to_string())
+            }
+            Slot::Unnamed(None) => None,
+            Slot::Named(_) => return None,
+        };
+        let message = match slots.next() {
+            None => None,
+            Some(Slot::Named(Field::GrpcMessage)) => self.grpc_message.clone(),
+            Some(Slot::Unnamed(Some(v))) => {
+                let text = v.iter().all(|b| (0x20..0x7f).contains(b));
+                if !text {
+                    return None;
+                }
+                Some(v.clone())
+            }
+            Some(Slot::Unnamed(None)) => None,
+            Some(Slot::Named(_)) => return None,
+        };
+        Some(StatusByOrder { code, message })
     }
 }
 
@@ -134,6 +283,16 @@ pub enum Unobservable {
     /// The observer's memory or stream limits.
     #[error("over the observer's limits: {0}")]
     Limit(&'static str),
+    /// A header block that decodes to far more than it weighs (HPACK amplification).
+    #[error("a header block too costly to decode: {0}")]
+    Cost(String),
+    /// The observer fell behind the connection by more than its queue holds.
+    #[error("the observer fell behind the connection")]
+    Backlog,
+    /// Bytes of the connection were lost before the observer saw them (the tap's ring was full,
+    /// a syscall too large to copy).
+    #[error("bytes were lost before the observer saw them")]
+    Gap,
     /// The observer itself failed (a bug: it panicked); the relay is not affected.
     #[error("the observer failed: {0}")]
     Internal(String),
@@ -147,6 +306,9 @@ impl Unobservable {
             Unobservable::Protocol(_) => "protocol",
             Unobservable::Hpack(_) => "hpack",
             Unobservable::Limit(_) => "limit",
+            Unobservable::Cost(_) => "cost",
+            Unobservable::Backlog => "backlog",
+            Unobservable::Gap => "gap",
             Unobservable::Internal(_) => "internal",
         }
     }
@@ -176,6 +338,9 @@ impl FrameHead {
 }
 
 enum State {
+    /// Looking for a frame boundary: the reader joined a connection under way, or bytes were
+    /// lost. Only [`Reader::feed_piece`] can prove one.
+    Hunt,
     /// Matching the client preface; `usize` bytes matched so far.
     Preface(usize),
     /// Reading a frame header.
@@ -221,11 +386,14 @@ pub struct Reader {
     hpack: Decoder,
     payload: Vec<u8>,
     block: Option<Block>,
+    /// What `payload` and the open block hold, from the connection's share.
+    memory: Lease,
 }
 
 impl Reader {
-    /// A reader for the bytes `side` sends, from the first byte of the connection.
-    pub fn new(side: Side) -> Self {
+    /// A reader for the bytes `side` sends, from the first byte of the connection; its buffers
+    /// are held from `share`.
+    pub fn new(side: Side, share: &Arc<Share>) -> Self {
         let hpack = Decoder::new(MAX_HPACK_TABLE);
         Self {
             state: match side {
@@ -239,6 +407,69 @@ impl Reader {
             hpack,
             payload: Vec::new(),
             block: None,
+            memory: Lease::new(share),
+        }
+    }
+
+    /// A reader for the bytes `side` sends on a connection already under way: it hunts for a
+    /// frame boundary ([`Reader::feed_piece`]) and decodes header blocks with a late-joining
+    /// HPACK decoder ([`Decoder::joining`]).
+    pub fn joining(side: Side, share: &Arc<Share>) -> Self {
+        Self {
+            state: State::Hunt,
+            seen_settings: true,
+            hpack: Decoder::joining(MAX_HPACK_TABLE),
+            ..Self::new(side, share)
+        }
+    }
+
+    /// Whether the reader is looking for a frame boundary.
+    pub fn is_hunting(&self) -> bool {
+        matches!(self.state, State::Hunt)
+    }
+
+    /// Whether its HPACK decoder knows every entry the sender may refer to.
+    pub fn is_exact(&self) -> bool {
+        self.hpack.is_exact()
+    }
+
+    /// Bytes of this direction were lost: what was being read is dropped, the HPACK table is
+    /// unknown again (the lost bytes may have changed it), and the reader hunts for a frame
+    /// boundary.
+    pub fn lost(&mut self) {
+        self.state = State::Hunt;
+        self.seen_settings = true;
+        self.hpack = Decoder::joining(MAX_HPACK_TABLE);
+        self.payload = Vec::new();
+        self.block = None;
+        self.memory.release();
+    }
+
+    /// A piece that starts where one of the sender's writes (or the runtime's reads) started:
+    /// while hunting, a piece made of whole, plausible frames ([`starts_at_frame`]) proves a
+    /// frame boundary, and reading resumes with it; any other piece is skipped. Otherwise the
+    /// same as [`Reader::feed`].
+    pub fn feed_piece(
+        &mut self,
+        piece: &[u8],
+        on: &mut impl FnMut(Event<'_>),
+    ) -> Result<(), Unobservable> {
+        if self.is_hunting() {
+            if !starts_at_frame(piece) {
+                return Ok(());
+            }
+            self.next_frame();
+        }
+        self.feed(piece, on)
+    }
+
+    /// Holds from the share what the buffers hold plus `more` bytes about to be added.
+    fn hold(&mut self, more: usize) -> Result<(), Unobservable> {
+        let held = self.payload.len() + self.block.as_ref().map_or(0, |b| b.fragment.len());
+        if self.memory.hold(held + more) {
+            Ok(())
+        } else {
+            Err(Unobservable::Limit("observer memory"))
         }
     }
 
@@ -261,6 +492,7 @@ impl Reader {
                     self.state = State::Failed;
                     self.payload = Vec::new();
                     self.block = None;
+                    self.memory.release();
                     return Err(e);
                 }
             }
@@ -274,7 +506,7 @@ impl Reader {
         on: &mut impl FnMut(Event<'_>),
     ) -> Result<(), Unobservable> {
         match &mut self.state {
-            State::Failed => *bytes = &[],
+            State::Failed | State::Hunt => *bytes = &[],
             State::Preface(matched) => {
                 let n = (PREFACE.len() - *matched).min(bytes.len());
                 if bytes[..n] != PREFACE[*matched..*matched + n] {
@@ -302,11 +534,14 @@ impl Reader {
             State::Collect { frame, left, keep } => {
                 let n = (*left).min(bytes.len());
                 let wanted = (*keep).saturating_sub(self.payload.len()).min(n);
-                self.payload.extend_from_slice(&bytes[..wanted]);
-                *left -= n;
+                let (frame, left_after) = (*frame, *left - n);
+                *left = left_after;
+                if wanted > 0 {
+                    self.hold(wanted)?;
+                    self.payload.extend_from_slice(&bytes[..wanted]);
+                }
                 *bytes = &bytes[n..];
-                if *left == 0 {
-                    let frame = *frame;
+                if left_after == 0 {
                     self.next_frame();
                     self.collected(frame, on)?;
                 }
@@ -467,7 +702,8 @@ impl Reader {
             self.payload = payload;
             self.payload.clear();
         }
-        result
+        result?;
+        self.hold(0)
     }
 
     fn handle(
@@ -524,9 +760,13 @@ impl Reader {
             return Ok(());
         };
         let mut head = Head::default();
+        let limit = list_limit(block.fragment.len());
         self.hpack
-            .decode(&block.fragment, |n, v| head.field(n, v))
-            .map_err(|e| Unobservable::Hpack(e.to_string()))?;
+            .decode(&block.fragment, limit, |n, v| head.field(n, v))
+            .map_err(|e| match e {
+                HpackError::ListTooLarge(_) => Unobservable::Cost(e.to_string()),
+                _ => Unobservable::Hpack(e.to_string()),
+            })?;
         // A pushed request (never used by gRPC) is decoded for the table's sake only.
         if !block.push {
             on(Event::Headers {
@@ -537,6 +777,74 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// Whether `piece` is a whole sequence of plausible HTTP/2 frames a gRPC peer may send, ending
+/// exactly at its end: the proof of a frame boundary at its start. Every frame must be of a
+/// known type, within the default maximum frame size, with only that type's flags, on a stream
+/// its type allows (client-initiated, odd, for requests and their answers), with the length
+/// its type has; a header block must end before another frame starts. A piece in the middle of
+/// a frame passes all that by chance about once in millions; if it does, what follows fails
+/// to parse and the reader hunts again.
+pub fn starts_at_frame(piece: &[u8]) -> bool {
+    /// Largest frame without a SETTINGS that raised it (grpc-go and containerd keep it).
+    const MAX_FRAME: usize = 16_384;
+    let mut rest = piece;
+    let mut open_block: Option<u32> = None;
+    let mut frames = 0;
+    while !rest.is_empty() {
+        let Some(h) = rest.get(..FRAME_HEADER_LEN) else {
+            return false;
+        };
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        head.copy_from_slice(h);
+        if head[5] & 0x80 != 0 {
+            return false; // the reserved bit
+        }
+        let f = FrameHead::parse(&head);
+        let s = f.stream;
+        let client_stream = s != 0 && s % 2 == 1;
+        let ok = f.len <= MAX_FRAME
+            && match f.kind {
+                DATA => f.flags & !(END_STREAM | PADDED) == 0 && client_stream,
+                HEADERS => {
+                    f.flags & !(END_STREAM | END_HEADERS | PADDED | PRIORITY) == 0 && client_stream
+                }
+                0x2 => f.flags == 0 && s != 0 && f.len == 5, // PRIORITY
+                RST_STREAM => f.flags == 0 && s != 0 && f.len == 4,
+                SETTINGS => {
+                    f.flags & !1 == 0
+                        && s == 0
+                        && f.len.is_multiple_of(6)
+                        && (f.flags == 0 || f.len == 0)
+                }
+                PUSH_PROMISE => false, // never from a gRPC peer
+                0x6 => f.flags & !1 == 0 && s == 0 && f.len == 8, // PING
+                GOAWAY => f.flags == 0 && s == 0 && f.len >= 8,
+                0x8 => f.flags == 0 && f.len == 4, // WINDOW_UPDATE
+                CONTINUATION => f.flags & !END_HEADERS == 0 && open_block == Some(s),
+                _ => false,
+            };
+        let ok = ok && (open_block.is_none() || f.kind == CONTINUATION);
+        if !ok {
+            return false;
+        }
+        if f.kind == HEADERS || f.kind == CONTINUATION {
+            open_block = (f.flags & END_HEADERS == 0).then_some(s);
+        }
+        let Some(next) = rest.get(FRAME_HEADER_LEN + f.len..) else {
+            return false;
+        };
+        rest = next;
+        frames += 1;
+    }
+    frames > 0
+}
+
+/// The decoded size a header block of `len` bytes may reach before it is given up as `cost`.
+pub fn list_limit(len: usize) -> usize {
+    len.saturating_mul(LIST_PER_BYTE)
+        .clamp(LIST_FLOOR, LIST_MAX)
 }
 
 fn end_data(frame: FrameHead, on: &mut impl FnMut(Event<'_>)) {

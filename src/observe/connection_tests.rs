@@ -6,19 +6,34 @@ use crate::cri::{
     ImageSpec, PodSandboxConfig, PodSandboxMetadata, PullImageRequest, PullImageResponse,
 };
 use crate::grpc::frame::encode;
+use crate::observe::budget::MemoryBudget;
+use crate::observe::wire::tests::build::*;
+use crate::observe::wire::{DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS};
 use crate::sinks::metrics::MetricsRegistry;
-use crate::sources::cri_proxy::wire::tests::build::*;
-use crate::sources::cri_proxy::wire::{
-    DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS,
-};
 use prost::Message;
 
 const PULL: &str = "/runtime.v1.ImageService/PullImage";
 
 fn observer() -> (ConnectionObserver, MetricsRegistry) {
     let (recording, reg) = Recording::standalone();
-    let o = ConnectionObserver::new(recording, Budget::new(budget::TOTAL));
+    let o = ConnectionObserver::new(recording, MemoryBudget::unlimited().share());
     (o, reg)
+}
+
+/// The observer fed at the moment of the call, as a transport would.
+trait Now {
+    fn feed(&mut self, side: Side, bytes: &[u8]);
+    fn end(&mut self, first: Side);
+}
+
+impl Now for ConnectionObserver {
+    fn feed(&mut self, side: Side, bytes: &[u8]) {
+        self.observe(side, bytes, std::time::Instant::now());
+    }
+
+    fn end(&mut self, first: Side) {
+        self.closed(first, std::time::Instant::now());
+    }
 }
 
 fn value(r: &MetricsRegistry, name: &str, labels: &[(&str, &str)]) -> u64 {
@@ -81,7 +96,7 @@ fn pulls(r: &MetricsRegistry, registry: &str, result: &str) -> u64 {
 fn a_pull_is_recorded_with_its_pod_image_ref_and_trace() {
     let (mut o, r) = observer();
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    o.observe(
+    o.feed(
         Side::Caller,
         &pull_call(
             1,
@@ -113,7 +128,7 @@ fn a_pull_is_recorded_with_its_pod_image_ref_and_trace() {
         1,
         &response(&[("grpc-status", "0")]),
     ));
-    o.observe(Side::Runtime, &s);
+    o.feed(Side::Runtime, &s);
     assert!(o.is_idle());
     assert_eq!(count(&r, PULL, "OK"), 1);
     assert_eq!(pulls(&r, "reg.example:5000", "success"), 1);
@@ -139,7 +154,7 @@ fn failures_resets_cancels_and_unprocessed_streams() {
     ] {
         c.extend(pull_call(stream, image, false, &[("grpc-timeout", "60S")]));
     }
-    o.observe(Side::Caller, &c);
+    o.feed(Side::Caller, &c);
     let mut s = runtime_open();
     // 1: trailers-only NotFound; 3: reset by the runtime; 5: refused (never processed).
     s.extend(frame(
@@ -153,9 +168,9 @@ fn failures_resets_cancels_and_unprocessed_streams() {
     ));
     s.extend(frame(RST_STREAM, 0, 3, &2u32.to_be_bytes()));
     s.extend(frame(RST_STREAM, 0, 5, &7u32.to_be_bytes()));
-    o.observe(Side::Runtime, &s);
+    o.feed(Side::Runtime, &s);
     // 7: the caller cancels.
-    o.observe(Side::Caller, &frame(RST_STREAM, 0, 7, &8u32.to_be_bytes()));
+    o.feed(Side::Caller, &frame(RST_STREAM, 0, 7, &8u32.to_be_bytes()));
     assert!(o.is_idle());
     assert_eq!(count(&r, PULL, "NOT_FOUND"), 1);
     assert_eq!(count(&r, PULL, "INTERNAL"), 1);
@@ -179,15 +194,15 @@ fn goaway_drops_unprocessed_calls_and_a_dead_runtime_fails_the_rest() {
     let mut c = caller_open();
     c.extend(pull_call(1, "a.io/x:1", false, &[]));
     c.extend(pull_call(3, "b.io/x:1", false, &[]));
-    o.observe(Side::Caller, &c);
+    o.feed(Side::Caller, &c);
     let mut g = 1u32.to_be_bytes().to_vec();
     g.extend_from_slice(&0u32.to_be_bytes());
-    o.observe(
+    o.feed(
         Side::Runtime,
         &[runtime_open(), frame(GOAWAY, 0, 0, &g)].concat(),
     );
     assert!(!o.is_idle(), "stream 1 is still being processed");
-    o.closed(Side::Runtime);
+    o.end(Side::Runtime);
     assert_eq!(
         pulls(&r, "b.io", "failure"),
         0,
@@ -210,8 +225,8 @@ fn caller_going_away_is_a_cancel_and_a_passed_deadline_a_timeout() {
     let mut c = caller_open();
     c.extend(pull_call(1, "a.io/x:1", false, &[("grpc-timeout", "1n")]));
     c.extend(pull_call(3, "b.io/x:1", false, &[]));
-    o.observe(Side::Caller, &c);
-    o.closed(Side::Caller);
+    o.feed(Side::Caller, &c);
+    o.end(Side::Caller);
     assert_eq!(count(&r, PULL, "DEADLINE_EXCEEDED"), 1);
     assert_eq!(count(&r, PULL, "CANCELLED"), 1);
 }
@@ -219,8 +234,8 @@ fn caller_going_away_is_a_cancel_and_a_passed_deadline_a_timeout() {
 #[test]
 fn an_unobservable_connection_is_counted_once_and_never_idle() {
     let (mut o, r) = observer();
-    o.observe(Side::Caller, &pull_call(1, "a.io/x:1", true, &[]));
-    o.observe(
+    o.feed(Side::Caller, &pull_call(1, "a.io/x:1", true, &[]));
+    o.feed(
         Side::Runtime,
         &[
             runtime_open(),
@@ -229,8 +244,8 @@ fn an_unobservable_connection_is_counted_once_and_never_idle() {
         .concat(),
     );
     assert!(!o.is_observing() && !o.is_idle());
-    o.observe(Side::Caller, b"anything at all");
-    o.closed(Side::Runtime);
+    o.feed(Side::Caller, b"anything at all");
+    o.end(Side::Runtime);
     let unobserved = |cause: &str| {
         value(
             &r,
@@ -255,11 +270,12 @@ fn an_unobservable_connection_is_counted_once_and_never_idle() {
 #[test]
 fn oversized_pull_requests_are_decode_errors_within_the_budget() {
     let (recording, reg) = Recording::standalone();
-    let total = Budget::new(1000);
-    let mut o = ConnectionObserver::new(recording, total.clone());
+    // A floor of 1000 bytes and no pool: the capture does not fit.
+    let share = MemoryBudget::new(2000, 1000, 1).share();
+    let mut o = ConnectionObserver::new(recording, share.clone());
     let image = "a".repeat(2000);
-    o.observe(Side::Caller, &pull_call(1, &image, true, &[]));
-    assert_eq!(total.used(), 0, "the capture over budget was dropped");
+    o.feed(Side::Caller, &pull_call(1, &image, true, &[]));
+    assert_eq!(share.used(), 0, "the capture over budget was dropped");
     assert_eq!(
         value(
             &reg,
@@ -268,7 +284,7 @@ fn oversized_pull_requests_are_decode_errors_within_the_budget() {
         ),
         1
     );
-    o.closed(Side::Caller);
+    o.end(Side::Caller);
     assert_eq!(pulls(&reg, "unknown", "failure"), 1);
 }
 
@@ -278,7 +294,7 @@ fn oversized_pull_requests_are_decode_errors_within_the_budget() {
 #[test]
 fn a_recorded_grpcio_connection_is_followed_to_the_end() {
     let recorded = include_bytes!(
-        "../../../fuzz/corpus/interposer_observer/3d3ca97fef88df48b948e6f75b90bec8f84f4a49"
+        "../../fuzz/corpus/interposer_observer/3d3ca97fef88df48b948e6f75b90bec8f84f4a49"
     );
     let (mut o, r) = observer();
     let mut rest = &recorded[..];
@@ -289,11 +305,11 @@ fn a_recorded_grpcio_connection_is_followed_to_the_end() {
             Side::Runtime
         };
         let (chunk, tail) = tail.split_at(usize::from(op >> 1) + 1);
-        o.observe(side, chunk);
+        o.feed(side, chunk);
         rest = tail;
     }
     assert!(o.is_observing() && o.is_idle());
-    o.closed(Side::Caller);
+    o.end(Side::Caller);
     assert_eq!(count(&r, "/runtime.v1.RuntimeService/Version", "OK"), 1);
     assert_eq!(count(&r, PULL, "OK"), 4);
     assert_eq!(count(&r, PULL, "NOT_FOUND"), 1);

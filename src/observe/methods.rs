@@ -5,6 +5,9 @@ use std::sync::OnceLock;
 
 /// Label for any method outside the known CRI set (a newer kubelet, or garbage).
 pub const OTHER: &str = "other";
+/// Label for a call whose method could not be read (the kernel tap joined the connection after
+/// the HPACK entry naming its `:path` was sent).
+pub const UNREAD: &str = "unknown";
 
 const RUNTIME_METHODS: &[&str] = &[
     "Version",
