@@ -96,25 +96,92 @@ pub struct RecorderConfig {
     pub max_namespaces: usize,
     /// Export `pullwatch_image_pulls_by_image_total` with at most this many images.
     pub image_label_cap: Option<usize>,
-    /// The one source whose attempts are recorded ([`attempt_authority`]); attempts from any
-    /// other source are ignored, so no pull is counted twice. `None`: no source records attempts.
-    pub attempts_from: Option<Source>,
-    /// With the interposer as authority and the containerd source on: how long a successful
-    /// attempt waits for its content record (its anatomy). `None`: no waiting.
+    /// The attempt sources enabled; the recorder decides from those running which one's
+    /// attempts count ([`Authority`]).
+    pub sources: Sources,
+    /// With an observer (interposer, tap) as authority and the containerd source on: how long
+    /// a successful attempt waits for its content record (its anatomy). `None`: no waiting.
     pub join_content: Option<Duration>,
 }
 
+/// The sources of attempts an agent runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// The CRI interposer.
+    pub interposer: bool,
+    /// The kernel tap.
+    pub tap: bool,
+    /// The Kubernetes API source.
+    pub kube: bool,
+    /// The containerd source.
+    pub containerd: bool,
+}
+
+/// Whose attempts count, so no pull is counted twice: the observers of CRI calls (the
+/// interposer and the tap: exact, and never the same connection, as the tap does not follow
+/// pullwatch's own connections to the runtime), else the Kubernetes API (failures and
+/// successes with kubelet's durations), else containerd (passive successes). The others still
+/// feed their own families and the signals around attempts (backoff, queue, progress).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Authority {
+    /// The interposer's and the tap's attempts.
+    Observed,
+    /// The Kubernetes API source's.
+    KubeApi,
+    /// The containerd source's.
+    Containerd,
+    /// None: no source of attempts runs.
+    Nobody,
+}
+
+impl Authority {
+    /// The authority among `sources`.
+    pub fn of(sources: Sources) -> Self {
+        if sources.interposer || sources.tap {
+            Authority::Observed
+        } else if sources.kube {
+            Authority::KubeApi
+        } else if sources.containerd {
+            Authority::Containerd
+        } else {
+            Authority::Nobody
+        }
+    }
+
+    /// Whether attempts from `source` count.
+    pub fn accepts(self, source: Source) -> bool {
+        matches!(
+            (self, source),
+            (Authority::Observed, Source::CriProxy | Source::CriTap)
+                | (Authority::KubeApi, Source::Kube)
+                | (Authority::Containerd, Source::Containerd)
+        )
+    }
+
+    /// Log value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Authority::Observed => "observed CRI calls",
+            Authority::KubeApi => "kubernetes API",
+            Authority::Containerd => "containerd",
+            Authority::Nobody => "none",
+        }
+    }
+}
+
 impl RecorderConfig {
-    /// The recorder's settings (its flags' values were checked as they were parsed), recording
-    /// attempts from `attempts_from` only.
-    pub fn from_args(args: &RecorderArgs, attempts_from: Option<Source>) -> Self {
+    /// The recorder's settings (its flags' values were checked as they were parsed) for an
+    /// agent running `sources`: an observer's successes wait for containerd's content record
+    /// when the containerd source runs too.
+    pub fn from_args(args: &RecorderArgs, sources: Sources) -> Self {
+        let observed = Authority::of(sources) == Authority::Observed;
         Self {
             backoff_expiry: args.backoff_expiry,
             max_registries: args.max_registries,
             max_namespaces: args.max_namespaces,
             image_label_cap: args.image_label.then_some(args.image_label_cap),
-            attempts_from,
-            join_content: None,
+            sources,
+            join_content: (observed && sources.containerd).then_some(JOIN_WAIT),
         }
     }
 }
@@ -127,24 +194,12 @@ impl Default for RecorderConfig {
             max_registries: 100,
             max_namespaces: 1000,
             image_label_cap: None,
-            attempts_from: Some(Source::CriProxy),
+            sources: Sources {
+                interposer: true,
+                ..Sources::default()
+            },
             join_content: None,
         }
-    }
-}
-
-/// Which enabled source records attempts: the interposer (exact, in kubelet's path), else the
-/// Kubernetes API (failures and successes with kubelet's durations), else containerd (passive
-/// successes). The others still feed their own families and the backoff signals.
-pub fn attempt_authority(interposer: bool, kube: bool, containerd: bool) -> Option<Source> {
-    if interposer {
-        Some(Source::CriProxy)
-    } else if kube {
-        Some(Source::Kube)
-    } else if containerd {
-        Some(Source::Containerd)
-    } else {
-        None
     }
 }
 
@@ -341,7 +396,10 @@ pub struct Recorder {
     registries: Arc<LabelGuard>,
     namespaces: Arc<LabelGuard>,
     images: Option<LabelGuard>,
-    attempts_from: Option<Source>,
+    /// The sources running now (a source that could not start, the tap on a kernel that
+    /// refuses it, is taken out), and the authority they make.
+    sources: Mutex<Sources>,
+    authority: std::sync::atomic::AtomicU8,
     join_content: Option<Duration>,
     joins: Mutex<Joins>,
     /// Set once the join task has stopped: from then on nothing waits to be joined (it would
@@ -385,7 +443,8 @@ impl Recorder {
             images: config
                 .image_label_cap
                 .map(|cap| LabelGuard::new("image", cap)),
-            attempts_from: config.attempts_from,
+            sources: Mutex::new(config.sources),
+            authority: std::sync::atomic::AtomicU8::new(Authority::of(config.sources) as u8),
             join_content: config.join_content,
             joins: Mutex::default(),
             joins_closed: std::sync::atomic::AtomicBool::new(false),
@@ -398,9 +457,39 @@ impl Recorder {
         &self.pulls
     }
 
+    /// The attempt authority now.
+    pub fn authority(&self) -> Authority {
+        match self.authority.load(std::sync::atomic::Ordering::Acquire) {
+            0 => Authority::Observed,
+            1 => Authority::KubeApi,
+            2 => Authority::Containerd,
+            _ => Authority::Nobody,
+        }
+    }
+
     /// Whether attempts from `source` are recorded (it is the agent's attempt authority).
     pub fn records_attempts_from(&self, source: Source) -> bool {
-        self.attempts_from == Some(source)
+        self.authority().accepts(source)
+    }
+
+    /// `source` could not start (the tap on a kernel that refuses BPF): the authority is
+    /// decided again without it, so the next source's attempts count instead.
+    pub fn source_unavailable(&self, source: Source) {
+        let mut sources = lock(&self.sources);
+        match source {
+            Source::CriProxy => sources.interposer = false,
+            Source::CriTap => sources.tap = false,
+            Source::Kube => sources.kube = false,
+            Source::Containerd => sources.containerd = false,
+        }
+        let authority = Authority::of(*sources);
+        self.authority
+            .store(authority as u8, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            unavailable = source.as_str(),
+            attempts_from = authority.as_str(),
+            "attempts are recorded from the sources that run"
+        );
     }
 
     /// The label value of `value` under `guard`'s slot policy. An overflow is counted when
@@ -498,7 +587,7 @@ impl Recorder {
             );
             return;
         }
-        if let (Some(wait), Outcome::Success { .. }, Source::CriProxy) =
+        if let (Some(wait), Outcome::Success { .. }, Source::CriProxy | Source::CriTap) =
             (self.join_wait(), &attempt.outcome, attempt.source)
         {
             let key = ImageRef::key(&attempt.image);
@@ -972,13 +1061,37 @@ mod tests {
 
     #[test]
     fn only_the_attempt_authority_records_attempts() {
-        assert_eq!(attempt_authority(true, true, true), Some(Source::CriProxy));
-        assert_eq!(attempt_authority(false, true, true), Some(Source::Kube));
-        assert_eq!(
-            attempt_authority(false, false, true),
-            Some(Source::Containerd)
-        );
-        assert_eq!(attempt_authority(false, false, false), None);
+        let all = Sources {
+            interposer: true,
+            tap: true,
+            kube: true,
+            containerd: true,
+        };
+        assert_eq!(Authority::of(all), Authority::Observed);
+        let tap = Sources {
+            interposer: false,
+            ..all
+        };
+        assert!(Authority::of(tap).accepts(Source::CriTap));
+        assert!(!Authority::of(tap).accepts(Source::Kube));
+        let kube = Sources { tap: false, ..tap };
+        assert_eq!(Authority::of(kube), Authority::KubeApi);
+        let containerd = Sources {
+            kube: false,
+            ..kube
+        };
+        assert_eq!(Authority::of(containerd), Authority::Containerd);
+        assert_eq!(Authority::of(Sources::default()), Authority::Nobody);
+        // A tap that cannot load hands the authority on.
+        let reg = MetricsRegistry::new().unwrap();
+        let cfg = RecorderConfig {
+            sources: tap,
+            ..RecorderConfig::default()
+        };
+        let r = Recorder::new(&cfg, &reg).unwrap();
+        assert!(r.records_attempts_from(Source::CriTap));
+        r.source_unavailable(Source::CriTap);
+        assert_eq!(r.authority(), Authority::KubeApi);
         let reg = MetricsRegistry::new().unwrap();
         let r = Recorder::new(&RecorderConfig::default(), &reg).unwrap();
         let mut from_kube = attempt(

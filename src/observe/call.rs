@@ -270,6 +270,11 @@ impl Call {
         self.request_done
     }
 
+    /// Whether the call opened at or before `at`.
+    pub(crate) fn started_at_or_before(&self, at: Instant) -> bool {
+        self.started <= at
+    }
+
     /// How long the call has been open at `now`.
     pub(crate) fn open_for(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.started)

@@ -42,6 +42,9 @@ pub struct ConnectionObserver {
     failed: Option<Unobservable>,
     share: Arc<Share>,
     follow: Follow,
+    /// When the runtime's side last skipped bytes while hunting: a call opened by then may
+    /// have had its answer there.
+    runtime_skipped: Option<Instant>,
 }
 
 /// Pairs each caller's request with the runtime's answer: the open calls of a connection.
@@ -70,6 +73,7 @@ impl ConnectionObserver {
             failed: None,
             share,
             follow: Follow::GiveUp,
+            runtime_skipped: None,
         }
     }
 
@@ -136,14 +140,17 @@ impl ConnectionObserver {
         if self.failed.is_some() {
             return;
         }
-        // The runtime's side finds its boundary: calls opened while it was hunting may have had
-        // their answers in what it skipped.
-        if side == Side::Runtime
-            && piece
-            && self.is_hunting(side)
-            && crate::observe::wire::starts_at_frame(bytes)
-        {
-            self.calls.lose_all();
+        // The runtime's side finds its boundary: calls opened before it last skipped bytes may
+        // have had their answers in them (the runtime answers only after it read a request, so
+        // the others cannot).
+        if side == Side::Runtime && self.is_hunting(side) {
+            if piece && crate::observe::wire::starts_at_frame(bytes) {
+                if let Some(skipped) = self.runtime_skipped.take() {
+                    self.calls.lose_opened_by(skipped);
+                }
+            } else {
+                self.runtime_skipped = Some(at);
+            }
         }
         let reader = match side {
             Side::Caller => &mut self.caller,
@@ -192,10 +199,19 @@ impl ConnectionObserver {
             .unobserved
             .inc(&crate::observe::ByCause { cause });
         match side {
-            Side::Runtime => self.calls.lose_all(),
+            Side::Runtime => {
+                self.calls.lose_all();
+                self.runtime_skipped = None;
+            }
             Side::Caller => self.calls.lose_unfinished_requests(),
         }
         self.reader(side).lost();
+    }
+
+    /// The connection can no longer be followed (its end was lost): open calls are dropped as
+    /// partial.
+    pub fn abandon(&mut self) {
+        self.calls.lose_all();
     }
 
     /// Drops the calls open longer than `max` at `now` (their end was never seen), as partial.
@@ -277,6 +293,21 @@ impl Stitcher {
     fn lose_all(&mut self) {
         for (_, c) in self.open.drain() {
             c.lost();
+        }
+    }
+
+    /// Drops the calls opened at or before `at`, as partial.
+    fn lose_opened_by(&mut self, at: Instant) {
+        let early: Vec<u32> = self
+            .open
+            .iter()
+            .filter(|(_, c)| c.started_at_or_before(at))
+            .map(|(s, _)| *s)
+            .collect();
+        for s in early {
+            if let Some(c) = self.open.remove(&s) {
+                c.lost();
+            }
         }
     }
 

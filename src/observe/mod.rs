@@ -104,6 +104,25 @@ impl Recording {
             partial: None,
         })
     }
+
+    /// The same, counting calls read only in part in `partial` (the tap).
+    pub(crate) fn with_partial(
+        recorder: Arc<Recorder>,
+        source: Source,
+        calls: CallMetrics,
+        unobserved: CounterFamily<ByCause<'static>>,
+        health: SourceHealth,
+        partial: CounterFamily<ByPart<'static>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            recorder,
+            source,
+            calls,
+            unobserved,
+            health,
+            partial: Some(partial),
+        })
+    }
 }
 
 #[cfg(any(test, feature = "fuzzing"))]

@@ -3,7 +3,9 @@
 //! whether credentials were sent (`credentials`, presence only: the interposer never decodes
 //! them); an `unauthorized` failure says which case it is (`hint`). A success joined to its
 //! content record carries its anatomy: `<phase>_seconds` for each measured phase, bytes
-//! downloaded and reused, layers downloaded and reused.
+//! downloaded and reused, layers downloaded and reused. An attempt the kernel tap could read only
+//! in part says so: `method_from` (`request_message`: recognized as PullImage by its request)
+//! and `cause_from` (`trailers`, `trailer_order`, or `unreadable` with reason `unknown`).
 
 use crate::core::anatomy::{Anatomy, Phase};
 use crate::core::attempt::{Outcome, PullAttempt};
@@ -41,6 +43,15 @@ pub fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
     let trace_id = attempt.trace.as_ref().map(|t| t.trace_id.as_str());
     let span_id = attempt.trace.as_ref().map(|t| t.span_id.as_str());
     let credentials = attempt.credentials;
+    // What an observer that joined late could not read from the call's own fields.
+    let method_from = attempt
+        .readout
+        .filter(|r| r.method_from_message)
+        .map(|_| "request_message");
+    let cause_from = attempt
+        .readout
+        .and_then(|r| r.cause_from)
+        .map(crate::core::attempt::CauseFrom::as_str);
     match &attempt.outcome {
         Outcome::Success { image_ref } => tracing::info!(
             target: TARGET,
@@ -59,6 +70,7 @@ pub fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
             trace_id,
             span_id,
             credentials,
+            method_from,
             queue_seconds,
             resolve_seconds,
             download_seconds,
@@ -91,6 +103,8 @@ pub fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
             trace_id,
             span_id,
             credentials,
+            method_from,
+            cause_from,
             hint = reason.case_hint(credentials),
             reason = reason.as_str(),
             grpc_code = code_name(*code),

@@ -1,7 +1,7 @@
 //! The families every source shares, each series labelled with the source that set it:
-//! whether it reaches the runtime (`pullwatch_runtime_up`), its failed polls and watches
-//! (`pullwatch_source_errors_total`) and what it could not decode
-//! (`pullwatch_decode_errors_total`). A source gets a [`SourceHealth`] bound to its own name and
+//! whether it runs as configured (`pullwatch_source_up`), whether it reaches the runtime
+//! (`pullwatch_runtime_up`), its failed polls and watches (`pullwatch_source_errors_total`)
+//! and what it could not decode (`pullwatch_decode_errors_total`). A source gets a [`SourceHealth`] bound to its own name and
 //! touches no other source's series.
 
 use crate::sinks::metrics::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
@@ -19,6 +19,7 @@ crate::label_set! {
 /// The shared families, registered once.
 #[derive(Clone)]
 pub struct SourceFamilies {
+    source_up: GaugeFamily<BySource<'static>>,
     up: GaugeFamily<BySource<'static>>,
     errors: CounterFamily<BySource<'static>>,
     decode_errors: CounterFamily<ByMessage<'static>>,
@@ -28,6 +29,7 @@ impl SourceFamilies {
     /// Registers the shared families in `reg`.
     pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
+            source_up: GaugeFamily::register(reg, "pullwatch_source_up")?,
             up: GaugeFamily::register(reg, "pullwatch_runtime_up")?,
             errors: CounterFamily::register(reg, "pullwatch_source_errors_total")?,
             decode_errors: CounterFamily::register(reg, "pullwatch_decode_errors_total")?,
@@ -52,6 +54,14 @@ pub(crate) struct SourceHealth {
 }
 
 impl SourceHealth {
+    /// Sets `pullwatch_source_up{source}`: whether the source runs as configured.
+    pub(crate) fn set_source_up(&self, up: bool) {
+        let labels = BySource {
+            source: self.source,
+        };
+        self.families.source_up.set(&labels, i64::from(up));
+    }
+
     /// Sets `pullwatch_runtime_up{source}`.
     pub(crate) fn set_up(&self, up: bool) {
         let labels = BySource {

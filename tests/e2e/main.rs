@@ -22,4 +22,5 @@ mod proxy_transparency;
 mod ratelimit_probe;
 mod red_team;
 mod relay;
+mod tap;
 mod web_config;

@@ -6,6 +6,7 @@ use crate::logging::LogArgs;
 use crate::recorder::RecorderArgs;
 use crate::sources::containerd::ContainerdArgs;
 use crate::sources::cri_proxy::ProxyArgs;
+use crate::sources::cri_tap::TapArgs;
 use crate::sources::kube::KubeArgs;
 use crate::sources::ratelimit::ProbeArgs;
 use crate::sources::runtime_status::RuntimeStatusArgs;
@@ -16,7 +17,8 @@ use std::path::PathBuf;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The container runtime's CRI socket: the interposer relays to it (never pullwatch's own
-    /// socket: refused at start) and the runtime status poller reads it.
+    /// socket: refused at start), the kernel tap observes it and the runtime status poller
+    /// reads it.
     #[arg(
         long,
         env = "PULLWATCH_RUNTIME_SOCKET",
@@ -28,6 +30,10 @@ pub struct RunArgs {
     /// The CRI interposer.
     #[command(flatten)]
     pub interposer: ProxyArgs,
+
+    /// The kernel tap.
+    #[command(flatten)]
+    pub tap: TapArgs,
 
     /// The containerd source.
     #[command(flatten)]

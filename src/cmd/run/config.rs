@@ -3,13 +3,13 @@
 //! records attempts) and the check that at least one source is on. Nothing is bound yet.
 
 use super::RunArgs;
-use crate::core::attempt::Source;
 use crate::flags::{ConfigError, err};
 use crate::http::HttpConfig;
 use crate::logging::LogFormat;
-use crate::recorder::{RecorderConfig, attempt_authority};
+use crate::recorder::{RecorderConfig, Sources};
 use crate::sources::containerd::ContainerdConfig;
 use crate::sources::cri_proxy::ProxyConfig;
+use crate::sources::cri_tap::TapConfig;
 use crate::sources::kube::KubeConfig;
 use crate::sources::ratelimit::ProbeConfig;
 use crate::sources::runtime_status::RuntimeStatusConfig;
@@ -19,6 +19,8 @@ use crate::sources::runtime_status::RuntimeStatusConfig;
 pub struct RunConfig {
     /// Interposer settings, if enabled.
     pub proxy: Option<ProxyConfig>,
+    /// Kernel tap settings, if enabled.
+    pub tap: Option<TapConfig>,
     /// containerd source settings, if enabled.
     pub containerd: Option<ContainerdConfig>,
     /// Kubernetes API source settings, if enabled.
@@ -46,6 +48,7 @@ impl RunConfig {
             return Err(err("runtime-socket", "must not be empty"));
         }
         let proxy = ProxyConfig::from_args(&args.interposer, &args.runtime_socket)?;
+        let tap = TapConfig::from_args(&args.tap, &args.runtime_socket)?;
         let kube = KubeConfig::from_args(&args.kube)?;
         let containerd = ContainerdConfig::from_args(&args.containerd)?;
         let ratelimit_probe = ProbeConfig::from_args(&args.ratelimit)?;
@@ -62,19 +65,24 @@ impl RunConfig {
                 ));
             }
         };
-        if proxy.is_none() && containerd.is_none() && kube.is_none() && ratelimit_probe.is_none() {
+        if proxy.is_none()
+            && tap.is_none()
+            && containerd.is_none()
+            && kube.is_none()
+            && ratelimit_probe.is_none()
+        {
             return Err(err(
                 "cri-proxy-socket",
-                "no source enabled: pass --cri-proxy-socket PATH (interposer), --containerd-socket PATH (passive mode), --kube (Kubernetes API) and/or --ratelimit-probe REGISTRY",
+                "no source enabled: pass --cri-tap (kernel tap), --cri-proxy-socket PATH (interposer), --containerd-socket PATH (passive mode), --kube (Kubernetes API) and/or --ratelimit-probe REGISTRY",
             ));
         }
-        let attempts_from =
-            attempt_authority(proxy.is_some(), kube.is_some(), containerd.is_some());
-        let mut recorder = RecorderConfig::from_args(&args.recorder, attempts_from);
-        if attempts_from == Some(Source::CriProxy) && containerd.is_some() {
-            // The interposer's successes wait for containerd's record of their content.
-            recorder.join_content = Some(crate::recorder::JOIN_WAIT);
-        }
+        let sources = Sources {
+            interposer: proxy.is_some(),
+            tap: tap.is_some(),
+            kube: kube.is_some(),
+            containerd: containerd.is_some(),
+        };
+        let recorder = RecorderConfig::from_args(&args.recorder, sources);
         args.log.validate()?;
         Ok(Self {
             runtime_status: RuntimeStatusConfig::from_args(
@@ -83,6 +91,7 @@ impl RunConfig {
             )?,
             http: HttpConfig::from_args(&args.http)?,
             proxy,
+            tap,
             containerd,
             kube,
             ratelimit_probe,
@@ -98,7 +107,7 @@ impl RunConfig {
 mod tests {
     use super::*;
     use crate::cmd::{Cli, Command};
-    use crate::core::attempt::Source;
+    use crate::recorder::Authority;
     use clap::Parser;
     use std::time::Duration;
 
@@ -233,7 +242,7 @@ mod tests {
     #[test]
     fn passive_mode_emits_attempts_only_without_the_interposer() {
         let c = RunConfig::from_args(&run_args(&["--containerd-socket", "/c.sock"])).unwrap();
-        assert_eq!(c.recorder.attempts_from, Some(Source::Containerd));
+        assert_eq!(Authority::of(c.recorder.sources), Authority::Containerd);
         let cd = c.containerd.unwrap();
         assert_eq!(
             (cd.namespace.as_str(), cd.stall_after),
@@ -249,7 +258,8 @@ mod tests {
             "0s",
         ]))
         .unwrap();
-        assert_eq!(c.recorder.attempts_from, Some(Source::CriProxy));
+        assert_eq!(Authority::of(c.recorder.sources), Authority::Observed);
+        assert!(c.recorder.join_content.is_some());
         assert!(c.containerd.is_some());
         assert!(c.runtime_status.is_none());
     }

@@ -12,6 +12,7 @@ use crate::recorder::{Recorder, RecorderConfig};
 use crate::sinks::metrics::{MetricsError, MetricsRegistry};
 use crate::sources::containerd::{ContainerdMetrics, ContainerdSource};
 use crate::sources::cri_proxy::{CriProxy, ProxyMetrics, loop_guard, socket};
+use crate::sources::cri_tap::{self, TapMetrics};
 use crate::sources::health::SourceFamilies;
 use crate::sources::kube::{KubeMetrics, KubeSource};
 use crate::sources::ratelimit::{RateLimitMetrics, RateLimitProbe};
@@ -28,6 +29,7 @@ struct Instruments {
     recorder: Arc<Recorder>,
     calls: CallMetrics,
     proxy: ProxyMetrics,
+    tap: TapMetrics,
     containerd: ContainerdMetrics,
     runtime_status: RuntimeStatusMetrics,
     ratelimit: RateLimitMetrics,
@@ -45,6 +47,7 @@ impl Instruments {
             recorder: Arc::new(Recorder::new(recorder, &registry)?),
             calls: CallMetrics::register(&registry)?,
             proxy: ProxyMetrics::register(&registry, &shared)?,
+            tap: TapMetrics::register(&registry, &shared)?,
             containerd: ContainerdMetrics::register(&registry, &shared)?,
             runtime_status: RuntimeStatusMetrics::register(&registry, &shared)?,
             ratelimit: RateLimitMetrics::register(&registry)?,
@@ -253,6 +256,28 @@ pub async fn run(
             "CRI interposer listening"
         );
     }
+    // The tap first: it must follow the runtime before pullwatch's own connections to it open
+    // (the kernel side never follows those, but one open before it attached would be joined).
+    let mut tap_thread = None;
+    if let Some(tc) = config.tap.clone() {
+        let tm = instruments.tap.clone();
+        let recording = Recording::with_partial(
+            recorder.clone(),
+            Source::CriTap,
+            instruments.calls.clone(),
+            tm.resyncs.clone(),
+            tm.health.clone(),
+            tm.partial.clone(),
+        );
+        match cri_tap::start(tc, recording, tm.clone(), stop_rx.clone()).await {
+            Ok(thread) => tap_thread = Some(thread),
+            Err(e) => {
+                tracing::error!(source = cri_tap::SOURCE, error = %crate::causes::Causes(&e), "kernel tap off; the other sources go on");
+                tm.health.set_source_up(false);
+                recorder.source_unavailable(Source::CriTap);
+            }
+        }
+    }
     let mut source_tasks = Vec::new();
     source_tasks.push(tokio::spawn({
         let recorder = recorder.clone();
@@ -284,7 +309,7 @@ pub async fn run(
         source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
     }
     tracing::info!(
-        attempts_from = config.recorder.attempts_from.map_or("none", |s| s.as_str()),
+        attempts_from = recorder.authority().as_str(),
         "recording pull attempts from one source"
     );
     ready.set(true);
@@ -292,6 +317,9 @@ pub async fn run(
     ready.set(false);
     let _ = stop_tx.send(true);
     if let Some(t) = proxy_thread {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    if let Some(t) = tap_thread {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
     for t in source_tasks {

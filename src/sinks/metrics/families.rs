@@ -163,6 +163,42 @@ pub const FAMILIES: &[Family] = &[
         "CRI messages pullwatch could not decode (they were still forwarded unchanged)."
     ),
     family!(
+        "pullwatch_source_up",
+        Gauge,
+        ["source"],
+        "Whether a source runs as configured (1) or not (0: the kernel tap could not load, say); see the log line for why."
+    ),
+    family!(
+        "pullwatch_cri_tap_connections",
+        Gauge,
+        [],
+        "CRI connections the kernel tap follows now."
+    ),
+    family!(
+        "pullwatch_cri_tap_lost_bytes_total",
+        Counter,
+        ["cause"],
+        "Bytes on followed CRI connections the kernel tap could not copy, by cause (ring_full|unreadable|too_large|vectored); each loss ends the reading of that direction until it resynchronizes."
+    ),
+    family!(
+        "pullwatch_cri_tap_resyncs_total",
+        Counter,
+        ["cause"],
+        "Times the kernel tap lost a direction of a followed connection and hunted for a frame boundary again, by cause (gap|protocol|hpack|cost|limit|not_http2|internal)."
+    ),
+    family!(
+        "pullwatch_cri_tap_partial_calls_total",
+        Counter,
+        ["part"],
+        "CRI calls the kernel tap could read only in part, by the part (method: recognized by its request message; names: status read by its place in the trailers; status: not readable; lost: dropped unrecorded after a loss of bytes)."
+    ),
+    family!(
+        "pullwatch_cri_tap_missed_connections_total",
+        Counter,
+        ["cause"],
+        "Connections the kernel tap could not follow, by cause (events_lost: the ring had no room to say one opened or closed; table_full)."
+    ),
+    family!(
         "pullwatch_label_overflow_total",
         Counter,
         ["label"],

@@ -351,9 +351,9 @@ impl KubeSource {
     }
 
     /// kubelet started pulling `image` for `pod`: shown in the pulls view (progress, pod
-    /// events) unless the interposer, which names each pull's pod itself, is on.
+    /// events) unless an observer of CRI calls, which names each pull's pod itself, is on.
     fn pull_started(&self, pod: PodRef, image: &str) {
-        if self.recorder.records_attempts_from(Source::CriProxy) {
+        if self.recorder.authority() == crate::recorder::Authority::Observed {
             return;
         }
         let view = self.recorder.pulls();

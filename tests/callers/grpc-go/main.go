@@ -1,5 +1,9 @@
 // A CRI caller built on grpc-go, for the interposer's caller tests: one unary call with raw
 // request bytes (a raw codec, no generated types), the result printed as one JSON line.
+// With --session it keeps one connection and makes the calls it reads from standard input,
+// one JSON line each ({"id", "method", "request" hex, "timeout_ms"}), each at once and
+// concurrently, answering each with a JSON line ({"id", "code", "message", "response", "ms"})
+// as it ends: a long-lived connection like kubelet's.
 //
 // It dials the bare socket path with a unix dialer, as kubelet's CRI client did before
 // kubernetes#123463: grpc-go then sends the path as :authority. --authority localhost sets
@@ -7,12 +11,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,6 +43,7 @@ func main() {
 	timeoutMs := flag.Int("timeout-ms", 30000, "deadline")
 	cancelMs := flag.Int("cancel-after-ms", 0, "cancel after this long (0: never)")
 	traceparent := flag.String("traceparent", "", "W3C traceparent to send")
+	session := flag.Bool("session", false, "one connection, calls from standard input")
 	flag.Parse()
 
 	opts := []grpc.DialOption{
@@ -49,6 +56,10 @@ func main() {
 	}
 	if *authority == "localhost" {
 		opts = append(opts, grpc.WithAuthority("localhost"))
+	}
+	if *session {
+		runSession(*socket, opts)
+		return
 	}
 	out := map[string]interface{}{"code": 0, "message": "", "response": ""}
 	conn, err := grpc.Dial(*socket, opts...)
@@ -77,4 +88,55 @@ func main() {
 		out["code"], out["message"] = int(s.Code()), s.Message()
 	}
 	json.NewEncoder(os.Stdout).Encode(out)
+}
+
+type sessionCall struct {
+	ID        int    `json:"id"`
+	Method    string `json:"method"`
+	Request   string `json:"request"`
+	TimeoutMs int    `json:"timeout_ms"`
+}
+
+func runSession(socket string, opts []grpc.DialOption) {
+	conn, err := grpc.Dial(socket, append(opts, grpc.WithBlock())...)
+	if err != nil {
+		os.Exit(2)
+	}
+	defer conn.Close()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	enc := json.NewEncoder(os.Stdout)
+	in := bufio.NewScanner(os.Stdin)
+	in.Buffer(make([]byte, 1<<20), 16<<20)
+	for in.Scan() {
+		var c sessionCall
+		if json.Unmarshal(in.Bytes(), &c) != nil {
+			continue
+		}
+		wg.Add(1)
+		go func(c sessionCall) {
+			defer wg.Done()
+			if c.TimeoutMs == 0 {
+				c.TimeoutMs = 60000
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.TimeoutMs)*time.Millisecond)
+			defer cancel()
+			req, _ := hex.DecodeString(c.Request)
+			var resp []byte
+			start := time.Now()
+			err := conn.Invoke(ctx, c.Method, &req, &resp, grpc.ForceCodec(rawCodec{}))
+			out := map[string]interface{}{"id": c.ID, "code": 0, "message": "", "response": "",
+				"ms": float64(time.Since(start).Microseconds()) / 1000}
+			if err != nil {
+				s := status.Convert(err)
+				out["code"], out["message"] = int(s.Code()), s.Message()
+			} else {
+				out["response"] = hex.EncodeToString(resp)
+			}
+			mu.Lock()
+			enc.Encode(out)
+			mu.Unlock()
+		}(c)
+	}
+	wg.Wait()
 }

@@ -234,3 +234,122 @@ async fn tonic_call(sock: &Path, call: &Call<'_>) -> Reply {
         None => reply(fut.await),
     }
 }
+
+/// A caller in another process that keeps one connection open across many calls, as kubelet
+/// keeps its connection to the runtime for days: grpc-go or grpcio in `--session` mode.
+pub struct Session {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    replies: std::sync::mpsc::Receiver<serde_json::Value>,
+    early: std::collections::HashMap<u64, serde_json::Value>,
+    next: u64,
+    pub caller: Caller,
+}
+
+/// What one call of a [`Session`] got, and how long it took as the caller measured it.
+#[derive(Debug, Clone)]
+pub struct Timed {
+    pub reply: Reply,
+    pub elapsed: Duration,
+}
+
+impl Session {
+    /// Opens `caller`'s connection to `sock` (grpc-go or grpcio only).
+    pub fn open(caller: Caller, sock: &Path) -> Self {
+        use std::io::BufRead;
+        assert!(caller != Caller::Tonic, "a session is another process");
+        let mut child = caller
+            .command()
+            .arg("--socket")
+            .arg(sock)
+            .arg("--session")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start the caller");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            replies: rx,
+            early: Default::default(),
+            next: 1,
+            caller,
+        }
+    }
+
+    /// Starts `call`; its id.
+    pub fn start(&mut self, call: &Call<'_>) -> u64 {
+        use std::io::Write;
+        let id = self.next;
+        self.next += 1;
+        let line = serde_json::json!({
+            "id": id,
+            "method": call.method,
+            "request": hex::encode(&call.request),
+            "timeout_ms": call.timeout.unwrap_or(Duration::from_secs(60)).as_millis() as u64,
+        });
+        let stdin = self.stdin.as_mut().expect("session open");
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        id
+    }
+
+    /// Waits for call `id` (at most 120 s).
+    pub fn wait(&mut self, id: u64) -> Timed {
+        let v = match self.early.remove(&id) {
+            Some(v) => v,
+            None => loop {
+                let v = self
+                    .replies
+                    .recv_timeout(Duration::from_secs(120))
+                    .unwrap_or_else(|e| {
+                        panic!("{}: no answer to call {id}: {e}", self.caller.name())
+                    });
+                let got = v["id"].as_u64().unwrap_or(0);
+                if got == id {
+                    break v;
+                }
+                self.early.insert(got, v);
+            },
+        };
+        Timed {
+            reply: Reply {
+                code: v["code"].as_i64().unwrap_or(-1),
+                message: v["message"].as_str().unwrap_or_default().to_string(),
+                response: v["response"].as_str().unwrap_or_default().to_string(),
+            },
+            elapsed: Duration::from_secs_f64(v["ms"].as_f64().unwrap_or(0.0) / 1000.0),
+        }
+    }
+
+    /// Makes `call` and waits for it.
+    pub fn call(&mut self, call: &Call<'_>) -> Timed {
+        let id = self.start(call);
+        self.wait(id)
+    }
+
+    /// The caller's process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
