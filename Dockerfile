@@ -1,16 +1,20 @@
 # pullwatch container image. Build: docker build -t pullwatch .
-# The build stage runs the same steps as CI: protobuf-compiler from Debian, `cargo build --release --locked`.
+# The build stage runs the same steps as CI: protobuf-compiler, clang and libbpf-dev from Debian
+# (the kernel tap's BPF programs, compiled by build.rs), `cargo build --release --locked`.
 
 FROM docker.io/library/rust:1-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler clang libbpf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
+COPY benches benches
 ARG PULLWATCH_REVISION=unknown
 ENV PULLWATCH_REVISION=${PULLWATCH_REVISION}
+# A missing clang is a build error here, not an image without the tap.
+ENV PULLWATCH_REQUIRE_BPF=1
 RUN cargo build --release --locked --bin pullwatch \
  && strip target/release/pullwatch
 

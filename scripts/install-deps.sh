@@ -3,6 +3,7 @@
 set -euo pipefail
 PACKAGES=(
   protobuf-compiler   # protoc, for tonic-prost-build (and later containerd-client)
+  clang libbpf-dev    # the kernel tap's BPF programs (build.rs compiles them with clang)
   containerd runc     # the real container runtime the tests and demo pull through
   docker-registry     # distribution 2.8: the real registry images are pushed to
   skopeo              # pushes test images from OCI layouts
@@ -10,7 +11,7 @@ PACKAGES=(
   prometheus-alertmanager  # real Alertmanager for the notification test
   python3 python3-pip python3-yaml  # kubernetes-validate (PyPI) and YAML parsing in the deploy tests
   systemd             # systemd-analyze verify for the interposer unit
-  util-linux iproute2 procps ca-certificates curl
+  util-linux iproute2 procps ca-certificates curl  # setpriv, prlimit: pullwatch under limits
   openssl             # certificates for the --web.config.file TLS test
   g++                 # libFuzzer's C++ sources (scripts/fuzz.sh builds them via libfuzzer-sys)
   golang-go golang-google-grpc-dev  # a grpc-go CRI caller for the interposer's caller tests

@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("registry_headers", registry_headers),
     ("interposer_observer", interposer_observer),
     ("hpack_cost", hpack_cost),
+    ("late_join", late_join),
 ];
 
 /// A framed PullImage request: decodes or is refused, never panics; what it decodes is
@@ -251,6 +252,220 @@ pub fn hpack_cost(data: &[u8]) {
                 *d = Decoder::new(MAX_HPACK_TABLE);
             }
         }
+    }
+}
+
+/// One connection as kubelet and containerd would write it (Go's HPACK encoder, one piece per
+/// write): calls of several methods, pulls that succeed and that fail with several causes, some
+/// concurrent. Each piece is (caller side?, bytes); each pull's truth is (pod, image, reason or
+/// `success`).
+#[allow(clippy::type_complexity)]
+fn recorded_connection() -> &'static (Vec<(bool, Vec<u8>)>, Vec<(String, String, &'static str)>) {
+    use crate::cri::{
+        ImageSpec, ImageStatusRequest, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+        PullImageResponse,
+    };
+    use crate::observe::hpack::go_encoder::Encoder;
+    use prost::Message;
+    use std::sync::OnceLock;
+    static CONNECTION: OnceLock<(Vec<(bool, Vec<u8>)>, Vec<(String, String, &'static str)>)> =
+        OnceLock::new();
+    CONNECTION.get_or_init(|| {
+        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let len = payload.len();
+            let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+            f.extend_from_slice(&stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        let (mut caller, mut runtime) = (Encoder::default(), Encoder::default());
+        let mut pieces = vec![
+            (true, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".iter().copied().chain(frame(4, 0, 0, &[])).collect()),
+            (false, frame(4, 0, 0, &[])),
+        ];
+        let mut truth = Vec::new();
+        let causes: [(&str, &str, Option<&str>); 5] = [
+            ("ok", "0", None),
+            ("nf", "5", Some("failed to pull and unpack image: reg.example/app: not found")),
+            ("auth", "2", Some("failed to resolve reference: pulling from host reg.example failed with status code [manifests 1]: 401 Unauthorized")),
+            ("rl", "2", Some("unexpected status from GET request to https://reg.example/v2/app/manifests/1: 429 Too Many Requests")),
+            ("net", "2", Some("failed to do request: dial tcp 10.0.0.1:443: connect: connection refused")),
+        ];
+        let reasons = ["success", "not_found", "unauthorized", "rate_limited", "network"];
+        for i in 0..40u32 {
+            let stream = 1 + 2 * i;
+            let timeout = format!("{}m", 119_000 + i * 7);
+            let kind = i % 7;
+            let (path, body, pull) = match kind {
+                0 => ("/runtime.v1.RuntimeService/Version", Vec::new(), None),
+                1 => (
+                    "/runtime.v1.ImageService/ImageStatus",
+                    ImageStatusRequest {
+                        image: Some(ImageSpec { image: format!("reg.example/app:{i}"), ..Default::default() }),
+                        verbose: false,
+                    }
+                    .encode_to_vec(),
+                    None,
+                ),
+                _ => {
+                    let c = (i as usize) % causes.len();
+                    let pod = format!("pod-{i}");
+                    let image = format!("reg.example/app-{}:{i}", causes[c].0);
+                    let req = PullImageRequest {
+                        image: Some(ImageSpec { image: image.clone(), ..Default::default() }),
+                        sandbox_config: Some(PodSandboxConfig {
+                            metadata: Some(PodSandboxMetadata {
+                                name: pod.clone(),
+                                namespace: "ns".into(),
+                                uid: format!("uid-{i}"),
+                                attempt: 0,
+                            }),
+                        }),
+                        ..Default::default()
+                    };
+                    truth.push((pod, image, reasons[c]));
+                    ("/runtime.v1.ImageService/PullImage", req.encode_to_vec(), Some(c))
+                }
+            };
+            let head = caller.encode(&[
+                (b":method", b"POST"),
+                (b":scheme", b"http"),
+                (b":path", path.as_bytes()),
+                (b":authority", b"/run/containerd/containerd.sock"),
+                (b"content-type", b"application/grpc"),
+                (b"user-agent", b"grpc-go/1.58.3"),
+                (b"te", b"trailers"),
+                (b"grpc-timeout", timeout.as_bytes()),
+            ]);
+            let mut req = frame(1, 4, stream, &head);
+            req.extend(frame(0, 1, stream, &crate::grpc::frame::encode(&body)));
+            pieces.push((true, req));
+            let answer = match pull.map(|c| causes[c]) {
+                Some((_, code, Some(message))) => {
+                    let block = runtime.encode(&[
+                        (b":status", b"200"),
+                        (b"content-type", b"application/grpc"),
+                        (b"grpc-status", code.as_bytes()),
+                        (b"grpc-message", message.as_bytes()),
+                    ]);
+                    frame(1, 5, stream, &block)
+                }
+                other => {
+                    let head = runtime.encode(&[(b":status", b"200"), (b"content-type", b"application/grpc")]);
+                    let reply = match other {
+                        Some(_) => PullImageResponse { image_ref: format!("sha256:{i:064}") }.encode_to_vec(),
+                        None => Vec::new(),
+                    };
+                    let mut a = frame(1, 4, stream, &head);
+                    a.extend(frame(0, 0, stream, &crate::grpc::frame::encode(&reply)));
+                    let trailers = runtime.encode(&[(b"grpc-status", b"0"), (b"grpc-message", b"")]);
+                    a.extend(frame(1, 5, stream, &trailers));
+                    a
+                }
+            };
+            pieces.push((false, answer));
+        }
+        (pieces, truth)
+    })
+}
+
+/// The tap joining a recorded connection at an arbitrary place, and losing arbitrary pieces
+/// (the first byte picks the join, each further byte's bits drop a piece, as a full ring does,
+/// or split it in two syscalls; the second byte is kept for the corpus's sake). Invariants: no
+/// panic; every attempt recorded is a pull of the connection, with its own pod, image and
+/// result; a cause read from the runtime (not `unknown`) is the pull's own; nothing is left in
+/// flight.
+pub fn late_join(data: &[u8]) {
+    use crate::observe::Recording;
+    use crate::observe::budget::MemoryBudget;
+    use crate::observe::connection::ConnectionObserver;
+    use crate::observe::wire::Side;
+    use std::time::Instant;
+    let (pieces, truth) = recorded_connection();
+    let (recording, registry) = Recording::standalone();
+    let mut observer =
+        ConnectionObserver::joining(recording.clone(), MemoryBudget::unlimited().share());
+    let join = usize::from(data.first().copied().unwrap_or(0)) % pieces.len();
+    let bits = |i: usize, bit: u8| data.get(2 + i).is_some_and(|b| b & bit != 0);
+    for (i, (caller, bytes)) in pieces.iter().enumerate().skip(join) {
+        let side = if *caller { Side::Caller } else { Side::Runtime };
+        let at = Instant::now();
+        if bits(i, 1) {
+            observer.lost(side, at);
+            continue;
+        }
+        if bits(i, 2) && bytes.len() > 1 {
+            // Two syscalls for one write: only the first starts at a frame.
+            let (a, b) = bytes.split_at(bytes.len() / 2);
+            observer.observe_piece(side, a, at);
+            observer.observe_piece(side, b, at);
+        } else {
+            observer.observe_piece(side, bytes, at);
+        }
+    }
+    observer.closed(Side::Caller, Instant::now());
+    drop(observer);
+    assert_eq!(
+        registry.value("pullwatch_image_pulls_in_flight", &[]),
+        0.0,
+        "a pull left in flight"
+    );
+    for f in recording.recorder.pulls().snapshot().finished {
+        let pod = f.pod.as_ref().map(|p| p.name.clone()).unwrap_or_default();
+        let Some((_, image, reason)) = truth.iter().find(|(p, _, _)| *p == pod) else {
+            panic!("an attempt for a pod the connection never named: {f:?}");
+        };
+        assert_eq!(&f.image, image, "{f:?}");
+        let got = if f.result == "success" {
+            "success"
+        } else {
+            f.reason.as_deref().unwrap_or("")
+        };
+        assert!(
+            got == *reason || (f.result == "failure" && got == "unknown" && *reason != "success"),
+            "pod {pod}: recorded {got}, was {reason}: {f:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod late_join_tests {
+    use super::*;
+
+    /// What [`late_join`] records for `data`: (recorded, of them `unknown`).
+    fn recorded(data: &[u8]) -> (usize, usize) {
+        use crate::observe::Recording;
+        use crate::observe::budget::MemoryBudget;
+        use crate::observe::connection::ConnectionObserver;
+        use crate::observe::wire::Side;
+        let (pieces, _) = recorded_connection();
+        let (recording, _reg) = Recording::standalone();
+        let mut o =
+            ConnectionObserver::joining(recording.clone(), MemoryBudget::unlimited().share());
+        let join = usize::from(data[0]);
+        for (caller, bytes) in pieces.iter().skip(join) {
+            let side = if *caller { Side::Caller } else { Side::Runtime };
+            o.observe_piece(side, bytes, std::time::Instant::now());
+        }
+        let finished = recording.recorder.pulls().snapshot().finished;
+        let unknown = finished
+            .iter()
+            .filter(|f| f.reason.as_deref() == Some("unknown"))
+            .count();
+        (finished.len(), unknown)
+    }
+
+    #[test]
+    fn a_join_at_the_start_reads_every_pull_and_a_late_one_the_later_pulls() {
+        let (_, truth) = recorded_connection();
+        late_join(&[0, 0]);
+        // From the start, every pull but the first (the first write's frame proves the boundary).
+        let (all, unknown) = recorded(&[0]);
+        assert!(all >= truth.len() - 1, "{all} of {}", truth.len());
+        assert_eq!(unknown, 0);
+        // Joined after 20 calls: the later pulls, their causes read by place or unknown.
+        let (late, _) = recorded(&[41]);
+        assert!(late > 0 && late < all, "{late}");
     }
 }
 

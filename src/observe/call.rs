@@ -381,10 +381,17 @@ impl Call {
         if self.status_by_order {
             self.partial("names");
         }
+        // A status that could not be read is no gRPC code, unless the answer itself told it (a
+        // pull's image ref) or its message was read by its place.
+        let unread = self.unreadable_status.is_some() && !self.status_by_order && code != Code::Ok;
         let metrics = &self.recording.calls;
         metrics.requests.inc(&MethodCode {
             method: self.method,
-            code: code_name(code),
+            code: if unread {
+                methods::UNREAD
+            } else {
+                code_name(code)
+            },
         });
         metrics.duration.observe(
             &ByMethod {

@@ -5,9 +5,9 @@ use std::sync::OnceLock;
 
 /// Label for any method outside the known CRI set (a newer kubelet, or garbage).
 pub const OTHER: &str = "other";
-/// Label for a call whose method could not be read (the kernel tap joined the connection after
-/// the HPACK entry naming its `:path` was sent).
-pub const UNREAD: &str = "unknown";
+/// Label for a call whose method (or, as `code`, whose status) could not be read: the kernel
+/// tap joined the connection after the HPACK entry naming it was sent.
+pub const UNREAD: &str = "unread";
 
 const RUNTIME_METHODS: &[&str] = &[
     "Version",

@@ -113,6 +113,15 @@ fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    // The tap's least privilege: these three capabilities and the host's PID namespace, no
+    // privileged container, no host network.
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE"])
+    );
+    assert!(sc.get("privileged").is_none_or(|p| p == false));
+    assert_eq!(pod["hostPID"], true);
+    assert!(pod.get("hostNetwork").is_none_or(|h| h == false));
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["env"][0]["name"], "PULLWATCH_NODE_NAME");
@@ -151,9 +160,33 @@ fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
             "DaemonSet passes or suggests unknown flag {flag}"
         );
     }
+    assert!(
+        args.contains(&"--cri-tap"),
+        "the DaemonSet runs the tap: {args:?}"
+    );
     let svc = kind(&docs, "Service");
     assert_eq!(svc["spec"]["clusterIP"], "None");
     assert_eq!(svc["spec"]["ports"][0]["port"], 9798);
+}
+
+/// For clusters that forbid BPF: the same DaemonSet without the tap, its capabilities or the
+/// host's PID namespace, and still valid.
+#[test]
+fn no_bpf_overlay_leaves_the_tap_and_its_privileges_out() {
+    let docs = render("deploy/kubernetes/overlays/no-bpf");
+    let pod = &kind(&docs, "DaemonSet")["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(!args.contains(&"--cri-tap"), "{args:?}");
+    assert!(args.contains(&"--containerd-socket=/run/containerd/containerd.sock"));
+    assert!(pod.get("hostPID").is_none());
+    assert!(c["securityContext"]["capabilities"].get("add").is_none());
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
 }
 
 /// The documented way onto a cluster with your own build: the own-image overlay's `images:`

@@ -226,3 +226,278 @@ async fn a_late_join_records_each_later_pull_once_with_the_runtimes_words() {
         drop(agent);
     }
 }
+
+/// The tap's partial-call count, all parts.
+fn partial(m: &str) -> f64 {
+    sum(m, "pullwatch_cri_tap_partial_calls_total", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_opened_after_start_is_read_whole_and_concurrent_pulls_stay_apart() {
+    let sb = Sandbox::start().await;
+    let reg = sb.registry.clone();
+    let images: Vec<String> = (0..3)
+        .map(|i| {
+            let name = format!("conc-{i}");
+            sb.push(
+                &TestImage::build(&name, 4096 + i * 100, "amd64"),
+                &format!("team/{name}"),
+                "1",
+            )
+        })
+        .collect();
+    let agent = tap_agent(&sb, &[]);
+    let mut s = Session::open(Caller::GrpcGoLocalhost, &sb.containerd_sock);
+    // Six pulls at once on one connection: three that succeed, three that fail.
+    let mut ids = Vec::new();
+    for (i, image) in images.iter().enumerate() {
+        ids.push((
+            s.start(&pull(image, &format!("ok-{i}"))),
+            format!("ok-{i}"),
+            "success",
+        ));
+        let missing = format!("{reg}/team/absent-{i}:1");
+        ids.push((
+            s.start(&pull(&missing, &format!("nf-{i}"))),
+            format!("nf-{i}"),
+            "not_found",
+        ));
+    }
+    let timed: Vec<(Timed, String, &str)> = ids
+        .into_iter()
+        .map(|(id, pod, r)| (s.wait(id), pod, r))
+        .collect();
+    let m = agent.scrape_until("six pulls", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) >= 6.0
+    });
+    let by_pod = events_by_pod(&agent);
+    for (t, pod, reason) in &timed {
+        let lines = &by_pod[pod];
+        assert_eq!(lines.len(), 1, "{pod}: {lines:?}");
+        let e = &lines[0];
+        let got = if e["result"] == "success" {
+            "success"
+        } else {
+            e["reason"].as_str().unwrap()
+        };
+        assert_eq!(got, *reason, "{e}");
+        assert!(
+            e.get("cause_from").is_none() && e.get("method_from").is_none(),
+            "read whole: {e}"
+        );
+        assert_timed(e, t);
+    }
+    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 6.0);
+    assert_eq!(
+        partial(&m),
+        0.0,
+        "a connection seen from its first byte is read whole:\n{m}"
+    );
+    assert_eq!(
+        sum(&m, "pullwatch_cri_requests_total", &[("method", PULL)]),
+        6.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_of_answers_do_not_desynchronize_a_joined_connection() {
+    let sb = Sandbox::start().await;
+    // 3 MB of config: each verbose ImageStatus answer is over 3 MB.
+    let big = sb.push(
+        &TestImage::build_with_label("big-status", 2048, "amd64", 3 << 20),
+        "team/big",
+        "1",
+    );
+    let small = sb.push(
+        &TestImage::build("after-big", 2048, "amd64"),
+        "team/after-big",
+        "1",
+    );
+    let mut s = Session::open(Caller::GrpcGoBarePath, &sb.containerd_sock);
+    assert_eq!(s.call(&pull(&big, "before")).reply.code, 0);
+    let agent = tap_agent(&sb, &[]);
+    for _ in 0..3 {
+        let r = s.call(&image_status(&big, true));
+        assert_eq!(r.reply.code, 0);
+        assert!(
+            r.reply.response.len() > 6 << 20,
+            "{} hex chars",
+            r.reply.response.len()
+        );
+    }
+    let t = s.call(&pull(&small, "after-big"));
+    assert_eq!(t.reply.code, 0, "{}", t.reply.message);
+    let m = agent.scrape_until("the pull after the big answers", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == 1.0
+    });
+    let e = &events_by_pod(&agent)["after-big"][0];
+    assert_eq!(e["result"], "success");
+    assert_timed(e, &t);
+    assert_eq!(
+        sum(&m, "pullwatch_cri_tap_lost_bytes_total", &[]),
+        0.0,
+        "{m}"
+    );
+    // Three big answers and a pull, each counted once (a status from before the join reads
+    // as `unread`, never as a gRPC code).
+    assert_eq!(sum(&m, "pullwatch_cri_requests_total", &[]), 4.0, "{m}");
+    assert_eq!(
+        sum(&m, "pullwatch_cri_requests_total", &[("code", "UNKNOWN")]),
+        0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_with_a_call_in_flight_records_nothing_wrong_and_the_next_agent_goes_on() {
+    let sb = Sandbox::start().await;
+    // 400 KiB at 48 KiB/s: about 8 s in flight.
+    sb.fault.add(
+        "team/slow",
+        "1",
+        &TestImage::build("slow-restart", 400 << 10, "amd64"),
+    );
+    let slow = format!("{}/slow/team/slow:1", sb.fault.host());
+    let after = sb.push(
+        &TestImage::build("after-restart", 2048, "amd64"),
+        "team/after",
+        "1",
+    );
+    let mut s = Session::open(Caller::GrpcGoBarePath, &sb.containerd_sock);
+    assert_eq!(s.call(&version()).reply.code, 0);
+    let mut first = tap_agent(&sb, &[]);
+    let in_flight = s.start(&pull(&slow, "slow"));
+    sb.fault
+        .wait_for_hit("/slow/team/slow/blobs", "the slow download")
+        .await;
+    assert!(first.terminate().success());
+    let m1 = first.scrape_if_running();
+    let second = tap_agent(&sb, &[]);
+    let t = s.wait(in_flight);
+    assert_eq!(t.reply.code, 0, "{}", t.reply.message);
+    let next = s.call(&pull(&after, "after"));
+    assert_eq!(next.reply.code, 0);
+    let m = second.scrape_until("the pull after the restart", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) >= 1.0
+    });
+    let by_pod = events_by_pod(&second);
+    assert!(
+        !by_pod.contains_key("slow"),
+        "a call begun before this agent was recorded"
+    );
+    assert_eq!(by_pod["after"].len(), 1);
+    assert_timed(&by_pod["after"][0], &next);
+    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 1.0, "{m}");
+    let first_events = events_by_pod(&first);
+    assert!(
+        !first_events.contains_key("slow"),
+        "the stopped agent recorded a call it never saw end: {first_events:?} {m1:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_interposer_and_the_tap_on_one_node_count_each_pull_once() {
+    let sb = Sandbox::start().await;
+    let a = sb.push(
+        &TestImage::build("both-a", 2048, "amd64"),
+        "team/both-a",
+        "1",
+    );
+    let b = sb.push(
+        &TestImage::build("both-b", 2048, "amd64"),
+        "team/both-b",
+        "1",
+    );
+    let sock = sb.containerd_sock.to_str().unwrap().to_string();
+    let agent = Agent::start(
+        &sb,
+        &[
+            "--cri-tap",
+            "--containerd-socket",
+            &sock,
+            "--log-level",
+            "info",
+        ],
+    );
+    // One pull through the interposer (its own connection to containerd: never followed by
+    // the tap), one straight on containerd's socket (the tap's).
+    let through = crate::common::pull_as(
+        &agent.proxy_sock,
+        &a,
+        Some(("shop", "through")),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(crate::common::reason_of(&through), "success");
+    let mut s = Session::open(Caller::GrpcGoBarePath, &sb.containerd_sock);
+    assert_eq!(s.call(&pull(&b, "direct")).reply.code, 0);
+    let m = agent.scrape_until("both pulls", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[]) >= 2.0
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let m2 = agent.scrape();
+    assert_eq!(sum(&m2, "pullwatch_image_pulls_total", &[]), 2.0, "{m}");
+    let by_pod = events_by_pod(&agent);
+    assert_eq!(by_pod["through"].len(), 1);
+    assert_eq!(by_pod["through"][0]["source"], "cri_proxy");
+    assert_eq!(by_pod["direct"].len(), 1);
+    assert_eq!(by_pod["direct"][0]["source"], "cri_tap");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_that_refuses_bpf_leaves_the_other_sources_running() {
+    let sb = Sandbox::start().await;
+    let img = sb.push(
+        &TestImage::build("no-bpf", 2048, "amd64"),
+        "team/no-bpf",
+        "1",
+    );
+    // pullwatch without CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN: the kernel refuses its programs.
+    let wrapper = sb.dir.path().join("pullwatch-no-bpf");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --bounding-set -bpf,-perfmon,-sys_admin --inh-caps -bpf,-perfmon,-sys_admin {} \"$@\"\n",
+            crate::common::agent::pullwatch_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = sb.containerd_sock.to_str().unwrap().to_string();
+    let agent = Agent::spawn_bin_passive(
+        &sb,
+        &wrapper,
+        &[
+            "--cri-tap",
+            "--containerd-socket",
+            &sock,
+            "--log-level",
+            "info",
+        ],
+    );
+    let logs = agent.logs();
+    let off: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("kernel tap off"))
+        .collect();
+    assert_eq!(off.len(), 1, "{logs}");
+    assert!(
+        off[0].contains("refused"),
+        "the line names the cause: {}",
+        off[0]
+    );
+    let m = agent.scrape();
+    assert_eq!(
+        sum(&m, "pullwatch_source_up", &[("source", "cri_tap")]),
+        0.0,
+        "{m}"
+    );
+    // The containerd source goes on, and its passive attempts count now.
+    let mut s = Session::open(Caller::GrpcGoBarePath, &sb.containerd_sock);
+    assert_eq!(s.call(&pull(&img, "no-bpf")).reply.code, 0);
+    agent.scrape_until("the passive attempt", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == 1.0
+    });
+}

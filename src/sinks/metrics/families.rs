@@ -124,7 +124,7 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_cri_requests_total",
         Counter,
         ["method", "code"],
-        "CRI calls observed (through the interposer or by the kernel tap), by gRPC method (\"unknown\" when the tap could not read it) and status code."
+        "CRI calls observed (through the interposer or by the kernel tap), by gRPC method and status code (\"unread\" for either when the tap could not read it)."
     ),
     family!(
         "pullwatch_cri_request_duration_seconds",

@@ -124,7 +124,12 @@ impl Followed {
     /// Applies one record of the kernel side.
     pub fn record(&mut self, record: Record<'_>) {
         match record {
-            Record::Open { conn, .. } => {
+            Record::Open { conn, fd, .. } => {
+                tracing::debug!(
+                    conn,
+                    fd,
+                    "kernel tap: a connection accepted on the CRI socket"
+                );
                 let share = self.budget.share();
                 let observer = ConnectionObserver::tap(self.recording.clone(), share.clone());
                 self.connections.insert(

@@ -253,7 +253,14 @@ impl Tap {
                 Stat::Vectored => (&self.metrics.lost_bytes, "vectored"),
                 Stat::EventsLost => (&self.metrics.missed, "events_lost"),
                 Stat::Untracked => (&self.metrics.missed, "table_full"),
-                Stat::Own => continue,
+                Stat::Own => {
+                    tracing::debug!(
+                        source = SOURCE,
+                        connections = grown,
+                        "pullwatch's own connections to the runtime, not followed"
+                    );
+                    continue;
+                }
             };
             family.with(&ByCause { cause }).inc_by(grown);
         }

@@ -123,6 +123,11 @@ impl Agent {
         Self::spawn_bin(&pullwatch_bin(), dir, runtime_sock, proxy_sock, extra)
     }
 
+    /// Like [`Agent::start_passive`], with another binary (a wrapper that limits pullwatch).
+    pub fn spawn_bin_passive(sb: &Sandbox, bin: &std::path::Path, extra: &[&str]) -> Self {
+        Self::spawn_bin(bin, sb.dir.path(), &sb.containerd_sock, None, extra)
+    }
+
     /// Like [`Agent::start`], with another pullwatch binary (the benchmark compares builds).
     pub fn start_bin(sb: &Sandbox, bin: &std::path::Path, extra: &[&str]) -> Self {
         let proxy_sock = sb
@@ -257,6 +262,12 @@ impl Agent {
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["target"] == "pullwatch::pull")
             .collect()
+    }
+
+    /// The metrics, if the agent still runs (else `None`).
+    pub fn scrape_if_running(&self) -> Option<String> {
+        self.child.as_ref()?;
+        http_get(self.addr, "/metrics").ok().map(|(_, b)| b)
     }
 
     /// Sends SIGTERM and waits for exit.
