@@ -8,6 +8,12 @@
 //! unix-socket hop and no HTTP/2 processing, the floor any interposer process pays), and through
 //! pullwatch. With `PULLWATCH_BENCH_BASELINE=/path/to/pullwatch` a fourth path runs another
 //! pullwatch build (e.g. the previous design) side by side in the same run.
+//!
+//! The kernel tap (`--cri-tap`) is measured on direct calls to containerd with and without it
+//! attached, in blocks A/B/A (the tap's agent stopped, running, stopped), with its CPU per 1 000
+//! calls, the bytes it loses at about 5 000 calls/s, and how many calls of a kubelet-like
+//! connection it takes for its HPACK decoder to read a PullImage's method again after a late
+//! join.
 
 #[path = "../tests/e2e/common/mod.rs"]
 mod common;
@@ -147,6 +153,14 @@ async fn bench() {
         return;
     }
     // `cargo bench --bench proxy -- in-process`: only the parts that need no containerd (no root).
+    // `-- tap`: only the kernel tap's part.
+    if std::env::args().any(|a| a == "tap") {
+        let sb = Sandbox::start().await;
+        let image = sb.push(&TestImage::build("bench", 4096, "amd64"), "bench/app", "1");
+        common::pull_as(&sb.containerd_sock, &image, None, Duration::from_secs(60)).await;
+        tap(&sb, &image).await;
+        return;
+    }
     if !std::env::args().any(|a| a == "in-process") {
         against_containerd().await;
     }
@@ -360,6 +374,224 @@ async fn against_containerd() {
         rss_loaded as f64 / 1024.0,
         rss_idle as f64 / 1024.0
     );
+    drop(agent);
+    drop(baseline);
+    tap(&sb, &image).await;
+}
+
+/// A tap agent on the sandbox's containerd (nothing else of pullwatch connects to it).
+fn tap_agent(sb: &Sandbox) -> Agent {
+    Agent::start_passive(
+        sb,
+        &[
+            "--cri-tap",
+            "--runtime-status-interval",
+            "0s",
+            "--log-level",
+            "warn,pullwatch::pull=info",
+        ],
+    )
+}
+
+/// 6. The kernel tap: direct calls without it, with it, without it again.
+async fn tap(sb: &Sandbox, image: &str) {
+    let t = Duration::from_secs(60);
+    let n = scale(3000);
+    let mut c = CriClient::connect(&sb.containerd_sock, t).await.unwrap();
+    // Blocks without the tap (A) and with it (B), alternated eight times, so that the machine's
+    // drift over the run falls on both alike; percentiles over each side's pooled calls.
+    const BLOCKS: usize = 8;
+    let per_block = (n / (BLOCKS / 2)).max(10);
+    println!(
+        "\n## kernel tap: direct calls, {BLOCKS} alternating blocks without (A) and with (B) the tap ({per_block} calls per block per method)"
+    );
+    let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let (mut cpu_ns, mut calls_b) = (0u64, 0usize);
+    let mut pooled: [[Vec<Duration>; 3]; 2] = Default::default();
+    for block in 0..BLOCKS {
+        let with = block % 2 == 1;
+        let agent = with.then(|| tap_agent(sb));
+        // Past the agent's own start (its binary loading, the programs' verification).
+        tokio::time::sleep(Duration::from_millis(if with { 1000 } else { 300 })).await;
+        let cpu0 = agent.as_ref().map(|a| task_cpu_ns(a.pid()));
+        for k in 0..3 {
+            let which = (k + block) % 3;
+            for _ in 0..50 {
+                unary(&mut c, which, image).await;
+            }
+            for _ in 0..per_block {
+                let s = Instant::now();
+                unary(&mut c, which, image).await;
+                pooled[usize::from(with)][which].push(s.elapsed());
+            }
+        }
+        if let (Some(a), Some(cpu0)) = (&agent, cpu0) {
+            // Let the tap read what is in its ring before its CPU is read.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cpu_ns += task_cpu_ns(a.pid()) - cpu0;
+            calls_b += 3 * (per_block + 50);
+        }
+    }
+    for (which, name) in ["Version", "ListImages", "ImageStatus"].iter().enumerate() {
+        for side in &mut pooled {
+            side[which].sort();
+        }
+        let q = |with: usize, p: f64| pct(&pooled[with][which], p);
+        println!(
+            "{name:<12} p50 without {:.1} with {:.1} us, p99 without {:.1} with {:.1} us; with/without p50 {:.3} p99 {:.3} (targets 1.02, 1.05)",
+            us(q(0, 0.5)),
+            us(q(1, 0.5)),
+            us(q(0, 0.99)),
+            us(q(1, 0.99)),
+            ratio(q(1, 0.5), q(0, 0.5)),
+            ratio(q(1, 0.99), q(0, 0.99)),
+        );
+    }
+    println!(
+        "tap agent CPU: {:.2} ms per 1000 CRI calls (its threads' run time, /proc/<pid>/task/*/schedstat)",
+        cpu_ns as f64 / 1e6 / (calls_b as f64 / 1000.0)
+    );
+    // What every other syscall of the node pays while the tap is attached (the raw syscall exit
+    // tracepoint): the cost of sched_yield (no other thread runnable here), without and with.
+    let syscall_ns = || {
+        let n = 2_000_000;
+        (0..3)
+            .map(|_| {
+                let s = Instant::now();
+                for _ in 0..n {
+                    std::thread::yield_now();
+                }
+                s.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+            })
+            .fold(f64::MAX, f64::min)
+    };
+    let without = syscall_ns();
+    let agent = tap_agent(sb);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with = syscall_ns();
+    drop(agent);
+    println!(
+        "any other syscall of the node: {without:.0} ns without the tap, {with:.0} ns with it (+{:.0} ns)",
+        with - without
+    );
+    drop(c);
+
+    // Bytes lost at about 5 000 calls/s (32 callers, each paced), for 5 s.
+    let agent = tap_agent(sb);
+    let secs = 5.0 * scale(100) as f64 / 100.0;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let sock = sb.containerd_sock.clone();
+        let image = image.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut c = CriClient::connect(&sock, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let mut n = 0u64;
+            let pace = Duration::from_secs_f64(32.0 / 5000.0);
+            while start.elapsed().as_secs_f64() < secs {
+                let s = Instant::now();
+                unary(&mut c, (n % 3) as usize, &image).await;
+                n += 1;
+                if let Some(rest) = pace.checked_sub(s.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    let rate = total as f64 / start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await; // the tap's counters are read every 2 s
+    let m = agent.scrape();
+    let lost = common::agent::sum(&m, "pullwatch_cri_tap_lost_bytes_total", &[]);
+    let observed = common::agent::sum(&m, "pullwatch_cri_requests_total", &[]);
+    println!(
+        "tap at {rate:.0} calls/s for {secs:.1} s: {observed} of {total} calls observed, {lost} bytes lost, {} resyncs",
+        common::agent::sum(&m, "pullwatch_cri_tap_resyncs_total", &[])
+    );
+    drop(agent);
+
+    // HPACK turnover: a kubelet-like connection (grpc-go, a new grpc-timeout each call) that
+    // pulled before the tap attached; how many calls until a PullImage's method is read again.
+    use common::callers::{Call, Caller, Session};
+    use prost::Message;
+    let pull = |pod: &str| Call {
+        method: "/runtime.v1.ImageService/PullImage",
+        request: pullwatch::cri::PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(pullwatch::cri::PodSandboxConfig {
+                metadata: Some(pullwatch::cri::PodSandboxMetadata {
+                    name: pod.into(),
+                    namespace: "bench".into(),
+                    uid: format!("uid-{pod}"),
+                    attempt: 0,
+                }),
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let status = Call {
+        method: "/runtime.v1.ImageService/ImageStatus",
+        request: ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+                ..Default::default()
+            }),
+            verbose: false,
+        }
+        .encode_to_vec(),
+        timeout: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    let mut s = Session::open(Caller::GrpcGoLocalhost, &sb.containerd_sock);
+    assert_eq!(s.call(&pull("before")).reply.code, 0);
+    let agent = tap_agent(sb);
+    let mut calls = 0;
+    let mut exact_after = None;
+    for round in 0..100 {
+        for _ in 0..9 {
+            s.call(&status);
+            calls += 1;
+        }
+        let pod = format!("turnover-{round}");
+        s.call(&pull(&pod));
+        calls += 1;
+        let mut line = None;
+        common::wait::until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            || {
+                line = agent
+                    .pull_events()
+                    .into_iter()
+                    .find(|e| e["pod"] == pod.as_str());
+                line.is_some()
+            },
+            || format!("{pod} not recorded"),
+        );
+        if line.is_some_and(|e| e.get("method_from").is_none()) {
+            exact_after = Some(calls);
+            break;
+        }
+    }
+    match exact_after {
+        Some(n) => println!(
+            "HPACK turnover on a kubelet-like connection: a PullImage's method read again after {n} calls \
+             (kubelet's image connection makes ImageStatus/ImageFsInfo calls every few seconds: minutes at most)"
+        ),
+        None => println!("HPACK turnover: not within 1 000 calls"),
+    }
 }
 
 /// 5. In-process: /metrics render with ~10 000 series, classifier throughput.
@@ -460,6 +692,19 @@ fn ms_per_run(mut f: impl FnMut()) -> f64 {
 
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
+}
+
+/// Run time of every thread of `pid`, nanoseconds (`/proc/<pid>/task/*/schedstat`).
+fn task_cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+                .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn clk_tck() -> f64 {

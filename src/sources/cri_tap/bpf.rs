@@ -1,7 +1,7 @@
 //! The tap's kernel side as user space sees it: the BPF object build.rs compiled from
-//! `bpf/tap.bpf.c`, loaded with aya and attached to the raw syscall tracepoints (BTF-enabled:
-//! no tracefs needed), its maps (which process, sockets and connections to follow; counters),
-//! and the records its ring buffer carries ([`Record`]).
+//! `bpf/tap.bpf.c`, loaded with aya and attached to the raw syscall exit tracepoint
+//! (BTF-enabled: no tracefs needed), its maps (which process, sockets and connections to
+//! follow; counters), and the records its ring buffer carries ([`Record`]).
 //!
 //! Why aya: a pure-Rust loader of a clang-built object (CO-RE relocations against the running
 //! kernel's BTF included) on stable Rust, with no C library to build or ship; libbpf-rs would
@@ -143,10 +143,30 @@ impl Programs {
         }
         let nr = SYSCALLS.ok_or(LoadError::Architecture)?;
         let btf = Btf::from_sys_fs().map_err(LoadError::Btf)?;
+        let mut interesting = [0u64; 8];
+        for nr in [
+            nr.read,
+            nr.write,
+            nr.recvfrom,
+            nr.sendto,
+            nr.readv,
+            nr.writev,
+            nr.recvmsg,
+            nr.sendmsg,
+            nr.accept,
+            nr.accept4,
+            nr.close,
+        ] {
+            let nr = usize::try_from(nr).map_err(|_| LoadError::Architecture)?;
+            *interesting
+                .get_mut(nr / 64)
+                .ok_or(LoadError::Architecture)? |= 1 << (nr % 64);
+        }
         let mut loader = EbpfLoader::new();
         loader
             .btf(Some(&btf))
             .override_global("self_tgid", &self_tgid, true)
+            .override_global("interesting", &interesting, true)
             .map_max_entries("events", ring_bytes);
         for (name, value) in [
             ("nr_read", &nr.read),
@@ -164,7 +184,7 @@ impl Programs {
             loader.override_global(name, value, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(load_err)?;
-        for (program, tracepoint) in [("on_enter", "sys_enter"), ("on_exit", "sys_exit")] {
+        for (program, tracepoint) in [("on_exit", "sys_exit")] {
             let p: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| LoadError::Load(format!("no program {program} in the object")))?

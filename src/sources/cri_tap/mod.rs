@@ -38,6 +38,9 @@ pub const SOURCE: &str = "cri_tap";
 const JOINED_IDS: u64 = 1 << 63;
 /// Connections the tap follows at most (the kernel table's size).
 const MAX_CONNECTIONS: usize = 4096;
+/// How often the ring is read when the kernel side did not ask for it (times come from the
+/// kernel's clock, so reading later changes no duration).
+const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Why the tap could not start: one line naming the cause.
 #[derive(Debug, thiserror::Error)]
@@ -206,25 +209,35 @@ impl Tap {
         };
         let mut rescan = tokio::time::interval(self.config.rescan);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The kernel side wakes this thread only when the ring fills up (a wakeup per record
+        // would cost a context switch each); otherwise the ring is read every few milliseconds.
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 readable = ring.readable_mut() => {
                     let Ok(mut guard) = readable else { break };
-                    let ring = guard.get_inner_mut();
-                    while let Some(item) = ring.next() {
-                        if let Some(record) = Record::parse(&item) {
-                            self.followed.record(record);
-                        }
-                    }
+                    self.drain(guard.get_inner_mut());
                     guard.clear_ready();
                 }
+                _ = poll.tick() => self.drain(ring.get_mut()),
                 _ = rescan.tick() => self.rescan().await,
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
+        self.drain(ring.get_mut());
         self.followed.clear();
         self.metrics.health.set_source_up(false);
         tracing::info!(source = SOURCE, "kernel tap stopped");
+    }
+
+    /// Applies every record the ring holds.
+    fn drain(&mut self, ring: &mut aya::maps::RingBuf<aya::maps::MapData>) {
+        while let Some(item) = ring.next() {
+            if let Some(record) = Record::parse(&item) {
+                self.followed.record(record);
+            }
+        }
     }
 
     /// The runtime still there? Connections the kernel stopped following dropped; counters.
