@@ -184,15 +184,13 @@ impl Programs {
             loader.override_global(name, value, true);
         }
         let mut ebpf = loader.load(OBJECT).map_err(load_err)?;
-        for (program, tracepoint) in [("on_exit", "sys_exit")] {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| LoadError::Load(format!("no program {program} in the object")))?
-                .try_into()
-                .map_err(load_err)?;
-            p.load(tracepoint, &btf).map_err(load_err)?;
-            p.attach().map_err(load_err)?;
-        }
+        let p: &mut BtfTracePoint = ebpf
+            .program_mut("on_exit")
+            .ok_or_else(|| LoadError::Load("no program on_exit in the object".into()))?
+            .try_into()
+            .map_err(load_err)?;
+        p.load("sys_exit", &btf).map_err(load_err)?;
+        p.attach().map_err(load_err)?;
         let mut take = |name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| LoadError::Load(format!("no map {name} in the object")))
