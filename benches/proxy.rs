@@ -28,7 +28,7 @@ use pullwatch::cri::client::CriClient;
 use pullwatch::cri::{ImageSpec, ImageStatusRequest, ListImagesRequest, VersionRequest};
 use pullwatch::recorder::{Recorder, RecorderConfig};
 use pullwatch::sinks::image_counts::ImagePullCounts;
-use pullwatch::sinks::metrics::MetricsRegistry;
+use pullwatch::telemetry::MetricsRegistry;
 use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;
 

@@ -137,7 +137,7 @@ pub fn interposer_observer(data: &[u8]) {
     use crate::observe::budget::MemoryBudget;
     use crate::observe::connection::ConnectionObserver;
     use crate::observe::wire::{Event, Reader, Side};
-    use crate::sinks::metrics::MetricsRegistry;
+    use crate::telemetry::MetricsRegistry;
     use std::sync::{Arc, OnceLock};
     use std::time::Instant;
 

@@ -29,6 +29,7 @@ pub mod observe;
 pub mod recorder;
 pub mod sinks;
 mod sources;
+pub mod telemetry;
 
 /// pullwatch's version (Cargo package version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,7 +3,7 @@
 //! terminal) never stalls the caller, kubelet's relay least of all. When the writer falls
 //! `BUFFERED_LINES` behind, lines are dropped and counted (`pullwatch_log_lines_dropped_total`).
 
-use crate::sinks::metrics::{MetricsError, MetricsRegistry, RenderHook};
+use crate::telemetry::{MetricsError, MetricsRegistry, RenderHook};
 use prometheus::IntCounter;
 use std::sync::{Arc, OnceLock};
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
@@ -76,7 +76,7 @@ impl RenderHook for DroppedLines {
 
 /// Registers logging's family in `reg`.
 pub fn register_metrics(reg: &MetricsRegistry) -> Result<(), MetricsError> {
-    let counter = crate::sinks::metrics::counter(reg, "pullwatch_log_lines_dropped_total")?;
+    let counter = crate::telemetry::counter(reg, "pullwatch_log_lines_dropped_total")?;
     reg.add_hook(Arc::new(DroppedLines(counter)));
     Ok(())
 }
@@ -147,42 +147,6 @@ fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> {
     .delimited(" ")
 }
 
-/// Lets one line of a repeated warning through per interval and counts the others, so a flood
-/// of the same occurrence (refused connections, a loop) costs nothing and fills no disk.
-#[derive(Debug)]
-pub(crate) struct Throttle {
-    interval: std::time::Duration,
-    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
-}
-
-impl Throttle {
-    /// At most one line per `interval`.
-    pub(crate) const fn new(interval: std::time::Duration) -> Self {
-        Self {
-            interval,
-            state: std::sync::Mutex::new((None, 0)),
-        }
-    }
-
-    /// `Some(n)` when a line may be written now, `n` being the occurrences suppressed since
-    /// the last one; `None` when this one is suppressed (and counted).
-    pub(crate) fn allow(&self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        match s.0 {
-            Some(last) if now.saturating_duration_since(last) < self.interval => {
-                s.1 += 1;
-                None
-            }
-            _ => {
-                let suppressed = std::mem::take(&mut s.1);
-                s.0 = Some(now);
-                Some(suppressed)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,14 +161,4 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() {
-        let t = Throttle::new(std::time::Duration::from_millis(50));
-        assert_eq!(t.allow(), Some(0));
-        for _ in 0..10 {
-            assert_eq!(t.allow(), None);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(60));
-        assert_eq!(t.allow(), Some(10));
-    }
 }

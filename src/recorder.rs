@@ -15,7 +15,7 @@ use crate::core::reason::Reason;
 use crate::core::reference::{ImageRef, split_port};
 use crate::sinks::event_log;
 use crate::sinks::image_counts::{self, ImagePullCounts};
-use crate::sinks::metrics::{
+use crate::telemetry::{
     CounterFamily, ForgetValue, GaugeFamily, HistogramFamily, MetricsError, MetricsRegistry,
     PHASE_BUCKETS, PULL_BUCKETS, RenderHook,
 };
@@ -328,7 +328,7 @@ impl RenderHook for RenderState {
 
     fn append(&self, out: &mut String) {
         if let Some(by_image) = &self.by_image {
-            let help = crate::sinks::metrics::family(image_counts::NAME).map_or("", |f| f.help);
+            let help = crate::telemetry::family(image_counts::NAME).map_or("", |f| f.help);
             by_image.encode(help, out);
         }
     }
@@ -860,7 +860,7 @@ mod tests {
     use super::*;
     use crate::core::attempt::{Outcome, PodRef, Source};
     use crate::core::reference::ImageRef;
-    use crate::sinks::metrics::MetricsRegistry;
+    use crate::telemetry::MetricsRegistry;
     use std::time::SystemTime;
     use tonic::Code;
 

@@ -1,7 +1,7 @@
 //! The README must match the code: its metric table the metric families exactly, its reasons
 //! every reason, its Layout map the source tree.
 
-use pullwatch::sinks::metrics::FAMILIES;
+use pullwatch::telemetry::FAMILIES;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

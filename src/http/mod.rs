@@ -9,7 +9,7 @@ pub mod web_config;
 
 pub use config::{HttpArgs, HttpConfig};
 
-use crate::sinks::metrics::{MetricsError, MetricsRegistry};
+use crate::telemetry::{MetricsError, MetricsRegistry};
 use crate::sinks::pulls::PullsView;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -116,7 +116,7 @@ impl HttpMetrics {
     /// Registers the endpoint's families in `reg`.
     pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
-            rejected: crate::sinks::metrics::counter(
+            rejected: crate::telemetry::counter(
                 reg,
                 "pullwatch_http_connections_rejected_total",
             )?,

@@ -9,7 +9,7 @@ use crate::grpc::frame::encode;
 use crate::observe::budget::MemoryBudget;
 use crate::observe::wire::tests::build::*;
 use crate::observe::wire::{DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, SETTINGS};
-use crate::sinks::metrics::MetricsRegistry;
+use crate::telemetry::MetricsRegistry;
 use prost::Message;
 
 const PULL: &str = "/runtime.v1.ImageService/PullImage";

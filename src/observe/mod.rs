@@ -19,10 +19,10 @@ pub mod wire;
 
 use crate::core::attempt::Source;
 use crate::recorder::Recorder;
-use crate::sinks::metrics::{
+use crate::telemetry::{
     CRI_BUCKETS, CounterFamily, HistogramFamily, MetricsError, MetricsRegistry,
 };
-use crate::sources::health::SourceHealth;
+use crate::telemetry::health::SourceHealth;
 use std::sync::Arc;
 
 crate::label_set! {
@@ -134,16 +134,17 @@ impl Recording {
         let recorder = Recorder::new(&crate::recorder::RecorderConfig::default(), &reg)
             .expect("registering metrics");
         let shared =
-            crate::sources::health::SourceFamilies::register(&reg).expect("registering metrics");
+            crate::telemetry::health::SourceFamilies::register(&reg).expect("registering metrics");
         let calls = CallMetrics::register(&reg).expect("registering metrics");
-        let proxy = crate::sources::cri_proxy::ProxyMetrics::register(&reg, &shared)
-            .expect("registering metrics");
+        let unobserved =
+            CounterFamily::register(&reg, "pullwatch_interposer_unobserved_connections_total")
+                .expect("registering metrics");
         let recording = Self::new(
             Arc::new(recorder),
             Source::CriProxy,
             calls,
-            proxy.unobserved.clone(),
-            proxy.health.clone(),
+            unobserved,
+            shared.health("cri_proxy"),
         );
         (recording, reg)
     }

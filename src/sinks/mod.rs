@@ -1,8 +1,7 @@
-//! Where attempts go: the Prometheus registry, the JSON event log, the pulls view and the
-//! Events on pods.
+//! Where attempts go besides the metric families (`telemetry/`): the JSON event log, the
+//! by-image family kept outside the registry, the pulls view and the Events on pods.
 
 pub mod event_log;
 pub mod image_counts;
-pub mod metrics;
 pub mod pod_events;
 pub mod pulls;

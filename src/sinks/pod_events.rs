@@ -9,7 +9,7 @@
 //! budget are dropped and counted, and a failing API server pauses writing, not observing.
 
 use crate::core::attempt::PodRef;
-use crate::sinks::metrics::{CounterFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::{CounterFamily, MetricsError, MetricsRegistry};
 use crate::sinks::pulls::{Finished, InProgress, PullsView, human_bytes, human_duration};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};

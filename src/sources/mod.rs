@@ -5,7 +5,6 @@
 pub mod containerd;
 pub mod cri_proxy;
 pub mod cri_tap;
-pub mod health;
 pub mod kube;
 pub mod ratelimit;
 pub mod runtime_status;

@@ -8,8 +8,8 @@ use crate::cri::{
     FilesystemUsage, Image, ImageFsInfoRequest, ListImagesRequest, RuntimeCondition, StatusRequest,
     VersionRequest, VersionResponse,
 };
-use crate::sinks::metrics::{GaugeFamily, MetricsError, MetricsRegistry};
-use crate::sources::health::{SourceFamilies, SourceHealth};
+use crate::telemetry::{GaugeFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::health::{SourceFamilies, SourceHealth};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -304,7 +304,7 @@ impl RuntimeStatusSource {
 mod tests {
     use super::*;
     use crate::cri::{FilesystemIdentifier, UInt64Value};
-    use crate::sinks::metrics::MetricsRegistry;
+    use crate::telemetry::MetricsRegistry;
 
     #[test]
     fn whatever_the_runtime_reports_the_series_and_labels_stay_bounded() {

@@ -4,7 +4,7 @@
 //! verifies, and the Dockerfile builds the way CI does.
 
 use crate::common::dashboard_exprs;
-use pullwatch::sinks::metrics::FAMILIES;
+use pullwatch::telemetry::FAMILIES;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::Write;

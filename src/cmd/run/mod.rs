@@ -9,11 +9,11 @@ use crate::core::attempt::Source;
 use crate::http::{self, Readiness};
 use crate::observe::{CallMetrics, Recording};
 use crate::recorder::{Recorder, RecorderConfig};
-use crate::sinks::metrics::{MetricsError, MetricsRegistry};
+use crate::telemetry::{MetricsError, MetricsRegistry};
 use crate::sources::containerd::{ContainerdMetrics, ContainerdSource};
 use crate::sources::cri_proxy::{CriProxy, ProxyMetrics, loop_guard, socket};
 use crate::sources::cri_tap::{self, TapMetrics};
-use crate::sources::health::SourceFamilies;
+use crate::telemetry::health::SourceFamilies;
 use crate::sources::kube::{KubeMetrics, KubeSource};
 use crate::sources::ratelimit::{RateLimitMetrics, RateLimitProbe};
 use crate::sources::runtime_status::{RuntimeStatusMetrics, RuntimeStatusSource};
@@ -41,6 +41,7 @@ struct Instruments {
 impl Instruments {
     fn register(recorder: &RecorderConfig) -> Result<Self, MetricsError> {
         let registry = MetricsRegistry::new()?;
+        crate::telemetry::register_build_info(&registry)?;
         let shared = SourceFamilies::register(&registry)?;
         crate::logging::register_metrics(&registry)?;
         Ok(Self {
@@ -333,7 +334,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sinks::metrics::FAMILIES;
+    use crate::telemetry::FAMILIES;
 
     #[test]
     fn every_family_is_registered_once_whichever_sources_run() {

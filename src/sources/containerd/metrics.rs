@@ -3,8 +3,8 @@
 //! finished pull downloaded is counted by the recorder, with the pull.
 
 use crate::recorder::ByRegistry;
-use crate::sinks::metrics::{FloatGaugeFamily, GaugeFamily, MetricsError, MetricsRegistry};
-use crate::sources::health::{SourceFamilies, SourceHealth};
+use crate::telemetry::{FloatGaugeFamily, GaugeFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::health::{SourceFamilies, SourceHealth};
 
 /// The containerd source's families.
 #[derive(Clone)]

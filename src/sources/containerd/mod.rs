@@ -565,8 +565,8 @@ mod tests {
             poll_interval: Duration::from_secs(1),
             stall_after: Duration::from_secs(60),
         };
-        let reg = crate::sinks::metrics::MetricsRegistry::new().unwrap();
-        let shared = crate::sources::health::SourceFamilies::register(&reg).unwrap();
+        let reg = crate::telemetry::MetricsRegistry::new().unwrap();
+        let shared = crate::telemetry::health::SourceFamilies::register(&reg).unwrap();
         ContainerdSource::new(
             config,
             Arc::new(Recorder::new(&RecorderConfig::default(), &reg).unwrap()),

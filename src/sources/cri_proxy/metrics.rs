@@ -3,8 +3,8 @@
 //! Its calls count in the observer's CRI call families ([`crate::observe::CallMetrics`]).
 
 use crate::observe::ByCause;
-use crate::sinks::metrics::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
-use crate::sources::health::{SourceFamilies, SourceHealth};
+use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::health::{SourceFamilies, SourceHealth};
 
 crate::label_set! {
     /// Labels of `pullwatch_interposer_connections_total`.

@@ -23,7 +23,7 @@ pub mod socket;
 pub use config::{ProxyArgs, ProxyConfig};
 pub use metrics::ProxyMetrics;
 
-use crate::logging::Throttle;
+use crate::telemetry::events::{Throttle, WARN_EVERY};
 use crate::observe::budget::{self, MemoryBudget};
 use crate::observe::feed::{Feed, Observers};
 use crate::observe::{Recording, wire};
@@ -38,8 +38,6 @@ use tokio::task::JoinSet;
 /// Label value of the interposer in `pullwatch_runtime_up`.
 pub const SOURCE: &str = "cri_proxy";
 
-/// How often a repeated warning (refused connections, a loop, no descriptors) is written.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 /// The first back-off after a loop was found, doubled at each new finding up to [`LOOP_MAX`].
 const LOOP_FIRST: Duration = Duration::from_millis(100);
 const LOOP_MAX: Duration = Duration::from_secs(30);

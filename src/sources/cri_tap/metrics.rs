@@ -3,8 +3,8 @@
 //! (`source="cri_tap"`). Its calls count in the observer's CRI call families.
 
 use crate::observe::{ByCause, ByPart};
-use crate::sinks::metrics::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
-use crate::sources::health::{SourceFamilies, SourceHealth};
+use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::health::{SourceFamilies, SourceHealth};
 
 /// The tap's families.
 #[derive(Clone)]

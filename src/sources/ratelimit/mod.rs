@@ -13,7 +13,7 @@ pub mod header;
 pub mod target;
 
 use crate::recorder::ByRegistry;
-use crate::sinks::metrics::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
 use bytes::Bytes;
 pub use config::{ProbeArgs, ProbeConfig};
 use credentials::Credentials;

@@ -4,33 +4,12 @@
 //! that no update can panic on a label count, which positional `with_label_values(&[..])` did.
 
 use super::families::{Kind, family};
-use super::registry::MetricsRegistry;
+use super::registry::{MetricsError, MetricsRegistry};
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
 use std::marker::PhantomData;
-
-/// Why a family could not be registered: a programming error that every test run catches.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    /// The name is not in `FAMILIES`.
-    #[error("metric {0} is not in FAMILIES")]
-    Unknown(&'static str),
-    /// The kind or label names differ from `FAMILIES`.
-    #[error("metric {name}: registered as {kind} {labels:?}, FAMILIES says otherwise")]
-    Mismatch {
-        /// Family name.
-        name: &'static str,
-        /// Kind it was registered as.
-        kind: &'static str,
-        /// Label names it was registered with.
-        labels: &'static [&'static str],
-    },
-    /// The registry refused it (registered twice).
-    #[error(transparent)]
-    Registry(#[from] prometheus::Error),
-}
 
 /// A label value: text as it appears on the series.
 pub(crate) trait LabelValue {
@@ -91,11 +70,11 @@ macro_rules! label_set {
         $vis struct $name<'a> {
             $($(#[$fmeta])* pub $field: $ty,)+
         }
-        impl $crate::sinks::metrics::LabelSet for $name<'static> {
+        impl $crate::telemetry::LabelSet for $name<'static> {
             const NAMES: &'static [&'static str] = &[$(stringify!($field)),+];
             type Values<'a> = $name<'a>;
             fn with_values<R>(v: &$name<'_>, f: impl FnOnce(&[&str]) -> R) -> R {
-                f(&[$($crate::sinks::metrics::LabelValue::label_value(&v.$field)),+])
+                f(&[$($crate::telemetry::LabelValue::label_value(&v.$field)),+])
             }
         }
     };

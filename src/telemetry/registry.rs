@@ -1,9 +1,29 @@
 //! The registry every owner registers its families in, and the `/metrics` text it renders:
 //! the registered families, then those kept outside it ([`RenderHook::append`]).
 
-use super::typed::{GaugeFamily, MetricsError};
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::sync::{Arc, Mutex, PoisonError};
+
+/// Why a family could not be registered: a programming error that every test run catches.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The name is not in `FAMILIES`.
+    #[error("metric {0} is not in FAMILIES")]
+    Unknown(&'static str),
+    /// The kind or label names differ from `FAMILIES`.
+    #[error("metric {name}: registered as {kind} {labels:?}, FAMILIES says otherwise")]
+    Mismatch {
+        /// Family name.
+        name: &'static str,
+        /// Kind it was registered as.
+        kind: &'static str,
+        /// Label names it was registered with.
+        labels: &'static [&'static str],
+    },
+    /// The registry refused it (registered twice).
+    #[error(transparent)]
+    Registry(#[from] prometheus::Error),
+}
 
 /// Work an owner does at each render: bring time-derived families up to date, or write families
 /// it keeps outside the registry.
@@ -14,13 +34,8 @@ pub(crate) trait RenderHook: Send + Sync {
     fn append(&self, _out: &mut String) {}
 }
 
-crate::label_set! {
-    /// `pullwatch_build_info` labels.
-    struct BuildLabels<'a> { version: &'a str, revision: &'a str }
-}
-
-/// The Prometheus registry with `pullwatch_build_info` and the process collector, plus the render
-/// hooks of owners that keep state outside it.
+/// The Prometheus registry with the process collector, plus the render hooks of owners that keep
+/// state outside it.
 #[derive(Clone, Default)]
 pub struct MetricsRegistry {
     registry: Registry,
@@ -34,16 +49,9 @@ impl std::fmt::Debug for MetricsRegistry {
 }
 
 impl MetricsRegistry {
-    /// A registry holding `pullwatch_build_info` and, on Linux, the `process_*` families.
+    /// A registry holding, on Linux, the `process_*` families.
     pub fn new() -> Result<Self, MetricsError> {
         let reg = Self::default();
-        GaugeFamily::<BuildLabels<'static>>::register(&reg, "pullwatch_build_info")?.set(
-            &BuildLabels {
-                version: crate::VERSION,
-                revision: crate::REVISION,
-            },
-            1,
-        );
         #[cfg(target_os = "linux")]
         reg.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

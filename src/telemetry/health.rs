@@ -4,7 +4,7 @@
 //! and what it could not decode (`pullwatch_decode_errors_total`). A source gets a [`SourceHealth`] bound to its own name and
 //! touches no other source's series.
 
-use crate::sinks::metrics::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
+use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
 
 crate::label_set! {
     /// Labels of the per-source families.
