@@ -26,9 +26,7 @@ use pullwatch::core::classifier::classify_message;
 use pullwatch::core::reference::ImageRef;
 use pullwatch::cri::client::CriClient;
 use pullwatch::cri::{ImageSpec, ImageStatusRequest, ListImagesRequest, VersionRequest};
-use pullwatch::recorder::{Recorder, RecorderConfig};
-use pullwatch::sinks::image_counts::ImagePullCounts;
-use pullwatch::telemetry::MetricsRegistry;
+use pullwatch::testing::{ImagePullCounts, MetricsRegistry, Recorder, RecorderConfig};
 use std::time::{Duration, Instant, SystemTime};
 use tonic::Code;
 
@@ -606,27 +604,30 @@ fn in_process() {
     let r = Recorder::new(&cfg, &metrics).unwrap();
     for i in 0..10_000 {
         let image = format!("reg{}.example.com/team/app-{i}:1", i % 50);
-        r.record(&PullAttempt {
-            reference: ImageRef::parse(&image).ok(),
-            image,
-            pod: Some(PodRef {
-                namespace: format!("ns-{}", i % 100),
-                name: format!("p{i}"),
-                uid: String::new(),
-            }),
-            started_at: SystemTime::now(),
-            duration: Some(Duration::from_millis(500)),
-            outcome: Outcome::failure(Code::Unknown, "x: not found"),
-            source: Source::CriProxy,
-            trace: None,
-            credentials: None,
-            readout: None,
-        });
+        pullwatch::testing::record(
+            &r,
+            &PullAttempt {
+                reference: ImageRef::parse(&image).ok(),
+                image,
+                pod: Some(PodRef {
+                    namespace: format!("ns-{}", i % 100),
+                    name: format!("p{i}"),
+                    uid: String::new(),
+                }),
+                started_at: SystemTime::now(),
+                duration: Some(Duration::from_millis(500)),
+                outcome: Outcome::failure(Code::Unknown, "x: not found"),
+                source: Source::CriProxy,
+                trace: None,
+                credentials: None,
+                readout: None,
+            },
+        );
     }
     let text = metrics.render();
     let series = text.lines().filter(|l| !l.starts_with('#')).count();
     let total = ms_per_run(|| drop(std::hint::black_box(metrics.render())));
-    let refresh = ms_per_run(|| r.refresh());
+    let refresh = ms_per_run(|| pullwatch::testing::refresh_backoff(&r));
     let encode = ms_per_run(|| drop(std::hint::black_box(metrics.encode_registry())));
     println!(
         "\n## /metrics render: {series} series in {total:.2} ms \

@@ -6,7 +6,7 @@ use std::error::Error;
 use std::fmt;
 
 /// Displays `0` and its source chain as `error: cause: cause`.
-pub struct Causes<'a>(pub &'a (dyn Error + 'static));
+pub(crate) struct Causes<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Causes<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -24,13 +24,13 @@ pub(crate) fn err(flag: &'static str, problem: impl Into<String>) -> ConfigError
 }
 
 /// A human duration such as `500ms`, `10s`, `5m`.
-pub fn duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim())
         .map_err(|e| format!("invalid duration {value:?} ({e}); use e.g. 500ms, 10s, 5m"))
 }
 
 /// A duration greater than zero (a timeout or window of 0 would never let anything through).
-pub fn positive_duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn positive_duration(value: &str) -> Result<Duration, String> {
     let d = duration(value)?;
     if d.is_zero() {
         return Err("must be greater than 0".into());
@@ -39,7 +39,7 @@ pub fn positive_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// A count of at least 1 (a cap of 0 would admit nothing).
-pub fn positive_count(value: &str) -> Result<usize, String> {
+pub(crate) fn positive_count(value: &str) -> Result<usize, String> {
     match value.trim().parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
@@ -49,7 +49,7 @@ pub fn positive_count(value: &str) -> Result<usize, String> {
 
 /// Unix permission bits in octal (`0660`, `660` or `0o660`), at most `0777`: octal digits only
 /// (no sign, one prefix at most).
-pub fn octal_mode(value: &str) -> Result<u32, String> {
+pub(crate) fn octal_mode(value: &str) -> Result<u32, String> {
     let digits = value.strip_prefix("0o").unwrap_or(value);
     Some(digits)
         .filter(|d| !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| (b'0'..=b'7').contains(&b)))
@@ -60,7 +60,7 @@ pub fn octal_mode(value: &str) -> Result<u32, String> {
 
 /// A listen address `HOST:PORT`: an IP address, or a host name resolved once at start (the
 /// first address it resolves to).
-pub fn listen_address(value: &str) -> Result<SocketAddr, String> {
+pub(crate) fn listen_address(value: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = value.parse() {
         return Ok(addr);
     }

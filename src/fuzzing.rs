@@ -208,7 +208,7 @@ pub fn interposer_observer(data: &[u8]) {
                 }
             }
             seen.retain(|(s, b)| s.is_none() || !b.is_empty());
-            (seen, result.map_err(|e| e.cause()))
+            (seen, result.map_err(|e| e.cause().as_str()))
         };
         let chunked = events(&mut chunks.iter().filter(|(s, _)| *s == side).map(|(_, c)| *c));
         assert_eq!(chunked, events(&mut std::iter::once(whole.as_slice())));
@@ -416,13 +416,14 @@ pub fn late_join(data: &[u8]) {
             panic!("an attempt for a pod the connection never named: {f:?}");
         };
         assert_eq!(&f.image, image, "{f:?}");
-        let got = if f.result == "success" {
-            "success"
+        let failed = f.result == crate::core::attempt::AttemptResult::Failure;
+        let got = if failed {
+            f.reason.map_or("", |r| r.as_str())
         } else {
-            f.reason.as_deref().unwrap_or("")
+            "success"
         };
         assert!(
-            got == *reason || (f.result == "failure" && got == "unknown" && *reason != "success"),
+            got == *reason || (failed && got == "unknown" && *reason != "success"),
             "pod {pod}: recorded {got}, was {reason}: {f:?}"
         );
     }
@@ -450,7 +451,7 @@ mod late_join_tests {
         let finished = recording.recorder.pulls().snapshot().finished;
         let unknown = finished
             .iter()
-            .filter(|f| f.reason.as_deref() == Some("unknown"))
+            .filter(|f| f.reason == Some(crate::core::reason::Reason::Unknown))
             .count();
         (finished.len(), unknown)
     }

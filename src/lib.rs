@@ -8,11 +8,13 @@
 //! registry and the event log; `http/` serves `/metrics`, `/healthz`, `/readyz`. [`cmd`] holds
 //! the subcommands and wires it together for `run`.
 //!
-//! Public: what the binary, the benchmarks, the fuzz targets and the end-to-end tests use (the
-//! commands, the domain model, the CRI protocol and client, the recorder and the metric
-//! contract). Sources, the HTTP endpoint and logging are crate-private.
+//! Public: the binary's entry point ([`cmd::main`]) and `pullwatch pull`, the domain model
+//! ([`core`]), the CRI protocol and client ([`cri`]) and the metric contract ([`telemetry`]).
+//! Everything else is crate-private; what the benchmarks and the end-to-end tests need from
+//! inside is in the hidden [`testing`] module, and the fuzz targets' bodies in `fuzzing`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+#![warn(unreachable_pub)]
 
 mod causes;
 pub mod cmd;
@@ -22,14 +24,16 @@ mod flags;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod grpc;
+mod grpc;
 mod http;
 mod logging;
-pub mod observe;
-pub mod recorder;
-pub mod sinks;
+mod observe;
+mod recorder;
+mod sinks;
 mod sources;
 pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;
 
 /// pullwatch's version (Cargo package version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

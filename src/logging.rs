@@ -51,12 +51,12 @@ impl LogArgs {
 }
 
 /// Lines the writer may fall behind before new ones are dropped.
-pub const BUFFERED_LINES: usize = 8_192;
+pub(crate) const BUFFERED_LINES: usize = 8_192;
 
 static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
 
 /// Lines dropped so far because the writer was behind.
-pub fn dropped_lines() -> u64 {
+pub(crate) fn dropped_lines() -> u64 {
     DROPPED
         .get()
         .map_or(0, |c| u64::try_from(c.dropped_lines()).unwrap_or(u64::MAX))
@@ -75,7 +75,7 @@ impl RenderHook for DroppedLines {
 }
 
 /// Registers logging's family in `reg`.
-pub fn register_metrics(reg: &MetricsRegistry) -> Result<(), MetricsError> {
+pub(crate) fn register_metrics(reg: &MetricsRegistry) -> Result<(), MetricsError> {
     let counter = crate::telemetry::counter(reg, "pullwatch_log_lines_dropped_total")?;
     reg.add_hook(Arc::new(DroppedLines(counter)));
     Ok(())
@@ -83,7 +83,7 @@ pub fn register_metrics(reg: &MetricsRegistry) -> Result<(), MetricsError> {
 
 /// Installs the global subscriber. `filter` is in RUST_LOG syntax (validated by the config).
 /// Keep the returned guard until exit: dropping it flushes the lines still queued.
-pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
+pub(crate) fn init(format: LogFormat, filter: &str) -> WorkerGuard {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
@@ -114,7 +114,7 @@ pub fn init(format: LogFormat, filter: &str) -> WorkerGuard {
 /// `s` with control characters written as escapes (`\n`, `\u{1b}`, ...), so a value that
 /// came from outside (an image name, a runtime's message) can neither forge a log line nor
 /// send terminal escape sequences. Printable text, Unicode included, is kept.
-pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
     if !s.chars().any(char::is_control) {
         return std::borrow::Cow::Borrowed(s);
     }
@@ -160,5 +160,4 @@ mod tests {
             "a\\nlevel=ERROR forged\\u{1b}[31m\\u{9b}x"
         );
     }
-
 }

@@ -43,8 +43,8 @@ fn readme_lists_every_reason() {
     }
 }
 
-/// The README's Layout map: each path it names (the first word of a line of its code block),
-/// with its description (the rest of that line and the indented lines after it).
+/// The README's Layout map: each path it names (the words of a line of its code block before
+/// two spaces), with its description (the rest of that line and the indented lines after it).
 fn layout() -> BTreeMap<String, String> {
     let section = README
         .split("## Layout\n")
@@ -55,24 +55,45 @@ fn layout() -> BTreeMap<String, String> {
         .nth(1)
         .expect("the Layout section has a code block");
     let mut map: BTreeMap<String, String> = BTreeMap::new();
-    let mut last = String::new();
+    let mut last: Vec<String> = Vec::new();
     for line in block.lines() {
         if line.starts_with(' ') {
-            map.entry(last.clone()).or_default().push_str(line);
+            for p in &last {
+                map.entry(p.clone()).or_default().push_str(line);
+            }
             continue;
         }
-        let mut words = line.splitn(2, char::is_whitespace);
-        last = words.next().unwrap_or_default().to_string();
-        map.insert(last.clone(), words.next().unwrap_or_default().to_string());
+        let (paths, about) = line.split_once("  ").unwrap_or((line, ""));
+        last = paths.split_whitespace().map(str::to_string).collect();
+        for p in &last {
+            map.insert(p.clone(), about.trim().to_string());
+        }
     }
     map
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+/// What is not part of the source tree: build output, git's own, fuzzing's work directories.
+const NOT_SOURCE: &[&str] = &[
+    "target",
+    ".git",
+    "fuzz/target",
+    "fuzz/artifacts",
+    "fuzz/coverage",
+];
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if NOT_SOURCE.contains(&rel.as_str()) {
+            continue;
+        }
         if path.is_dir() {
-            walk(&path, out);
+            walk(root, &path, out);
         }
         out.push(path);
     }
@@ -88,10 +109,11 @@ fn readme_layout_matches_the_tree() {
             "README Layout names {p}, which does not exist"
         );
     }
-    // Every directory under src/ is listed. A file is listed itself, or its directory is and
-    // either names it (`mod.rs` goes without saying) or is a leaf room that owns all its files.
+    // Every file and directory of the tree is listed itself, or its nearest listed directory
+    // owns it: outside src/ always; in src/ when it names it (`mod.rs` goes without saying) or
+    // is a leaf room that owns all it holds.
     let mut tree = Vec::new();
-    walk(&root.join("src"), &mut tree);
+    walk(root, root, &mut tree);
     let has_listed_subdirs = |dir: &str| {
         listed
             .keys()
@@ -103,16 +125,28 @@ fn readme_layout_matches_the_tree() {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        let covered = if path.is_dir() {
-            listed.contains_key(&format!("{rel}/"))
+        let key = if path.is_dir() {
+            format!("{rel}/")
         } else {
-            let parent = format!("{}/", Path::new(&rel).parent().unwrap().display());
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            listed.contains_key(&rel)
-                || listed.get(&parent).is_some_and(|about| {
-                    name == "mod.rs" || about.contains(&name) || !has_listed_subdirs(&parent)
-                })
+            rel.clone()
         };
+        // A directory is covered by what is listed inside it, or below.
+        if listed.contains_key(&key)
+            || (path.is_dir() && listed.keys().any(|k| k.starts_with(&key)))
+        {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let owner = Path::new(&rel)
+            .ancestors()
+            .skip(1)
+            .map(|a| format!("{}/", a.display()))
+            .find(|a| listed.contains_key(a));
+        let covered = owner.is_some_and(|dir| {
+            name == "mod.rs"
+                || listed[&dir].contains(&name)
+                || !(dir.starts_with("src/") && has_listed_subdirs(&dir))
+        });
         assert!(covered, "{rel} is missing from the README's Layout section");
     }
 }

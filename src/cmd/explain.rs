@@ -18,7 +18,7 @@ pub struct ExplainArgs {
 
 /// Why explain could not run.
 #[derive(Debug, thiserror::Error)]
-pub enum ExplainError {
+pub(crate) enum ExplainError {
     /// The message argument is blank.
     #[error(
         "the error message is empty; pass the text from `kubectl describe pod`, or pipe messages on stdin"
@@ -54,7 +54,7 @@ fn json_line(reason: Reason) -> String {
 }
 
 /// Explains one message to `out`.
-pub fn explain_one(
+pub(crate) fn explain_one(
     message: &str,
     json: bool,
     out: &mut impl Write,
@@ -73,7 +73,7 @@ pub fn explain_one(
 
 /// Longest message read from one line; the rest of a longer line is skipped, so memory stays
 /// bounded whatever is piped in.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 
 /// Reads one line of at most [`MAX_LINE`] bytes into `buf` (without its newline). `None` at the
 /// end of input, else whether the line was cut.
@@ -120,7 +120,7 @@ fn printable(message: &str) -> String {
 /// message its (escaped) text, reason and hint, blocks separated by a blank line. Lines that are
 /// not UTF-8 are read lossily; lines longer than [`MAX_LINE`] are classified on their first
 /// `MAX_LINE` bytes. Returns the number of messages explained.
-pub fn explain_lines(
+pub(crate) fn explain_lines(
     mut input: impl BufRead,
     json: bool,
     out: &mut impl Write,

@@ -2,10 +2,10 @@
 //! ([`run`]: the agent; [`pull`]: one pull through a CRI socket; [`explain`]: classify a message).
 //! Usage and configuration errors exit 64 with one line naming the flag.
 
-pub mod explain;
+pub(crate) mod explain;
 pub mod pull;
-pub mod pulls;
-pub mod run;
+pub(crate) mod pulls;
+pub(crate) mod run;
 
 use crate::cri::client::CriClient;
 use crate::logging;

@@ -228,7 +228,7 @@ impl PullReport {
     pub fn to_json(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "image": self.image,
-            "result": self.outcome.result_label(),
+            "result": self.outcome.result(),
             "duration_seconds": self.duration.as_secs_f64(),
         });
         match &self.outcome {

@@ -55,7 +55,7 @@ pub struct PullsArgs {
 
 /// Why the view could not be fetched.
 #[derive(Debug, thiserror::Error)]
-pub enum PullsError {
+pub(crate) enum PullsError {
     /// `--url` is not an http(s) URL.
     #[error("--url: {0}")]
     Url(String),
@@ -88,7 +88,7 @@ pub enum PullsError {
 }
 
 /// The `/pulls` URL for `--url` (a trailing `/pulls` or `/` is accepted).
-pub fn pulls_url(url: &str) -> Result<http::Uri, PullsError> {
+pub(crate) fn pulls_url(url: &str) -> Result<http::Uri, PullsError> {
     let base = url.trim_end_matches('/');
     let base = base.strip_suffix("/pulls").unwrap_or(base);
     if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -102,7 +102,7 @@ pub fn pulls_url(url: &str) -> Result<http::Uri, PullsError> {
 }
 
 /// Fetches the view once: the raw JSON and its parsed form.
-pub async fn fetch(args: &PullsArgs) -> Result<(Bytes, Snapshot), PullsError> {
+pub(crate) async fn fetch(args: &PullsArgs) -> Result<(Bytes, Snapshot), PullsError> {
     let uri = pulls_url(&args.url)?;
     let url = uri.to_string();
     let client =
@@ -186,13 +186,13 @@ fn row_finished(f: &Finished, out: &mut String) {
         f.image,
         f.result,
         secs,
-        f.reason.as_deref().unwrap_or("-"),
+        f.reason.map_or("-", |r| r.as_str()),
         hint
     );
 }
 
 /// The view as a terminal table.
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "PULLS IN PROGRESS ({})", s.in_progress.len());
     let _ = writeln!(

@@ -7,6 +7,8 @@
 //! pull's start (the CRI call), `download` and `unpack` need at least one downloaded blob,
 //! `queue` needs kubelet's own figures.
 
+use crate::core::attempt::{Outcome, PullAttempt, Source};
+use crate::core::reference::ImageRef;
 use serde::Serialize;
 use std::time::{Duration, SystemTime};
 
@@ -109,6 +111,31 @@ const CLOCK_SLACK: Duration = Duration::from_millis(5);
 pub const PASSIVE_MAX_PULL: Duration = Duration::from_secs(3600);
 
 impl ContentRecord {
+    /// The passive attempt a new image record stands for, with its anatomy: it started with
+    /// its first download seen (or, with nothing downloaded, when it was recorded) and ended
+    /// when the record was written. `None` for a name that is no image reference.
+    pub fn passive_attempt(&self) -> Option<(PullAttempt, Anatomy)> {
+        let reference = ImageRef::parse(&self.image).ok()?;
+        let anatomy = self.anatomy(None, self.recorded_at);
+        let start = anatomy.first_download;
+        let duration = start.and_then(|s| self.recorded_at.duration_since(s).ok());
+        let attempt = PullAttempt {
+            image: self.image.clone(),
+            reference: Some(reference),
+            pod: None,
+            started_at: start.unwrap_or(self.recorded_at),
+            duration,
+            outcome: Outcome::Success {
+                image_ref: String::new(),
+            },
+            source: Source::Containerd,
+            trace: None,
+            credentials: None,
+            readout: None,
+        };
+        Some((attempt, anatomy))
+    }
+
     /// The pull's start as its own content tells, when nothing else does (passive mode): the
     /// earliest download a poll saw start, or the commit of the image's first blob (its
     /// index or manifest, a few KiB fetched right after resolution) when that blob was new to

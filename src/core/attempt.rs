@@ -10,6 +10,16 @@ use tonic::Code;
 /// Registry label used when a reference could not be read.
 pub const UNKNOWN_REGISTRY: &str = "unknown";
 
+/// The registry `reference` names, else [`UNKNOWN_REGISTRY`].
+pub fn registry_of(reference: Option<&ImageRef>) -> &str {
+    reference.map_or(UNKNOWN_REGISTRY, |r| r.registry.as_str())
+}
+
+/// The registry image name `image` names, else [`UNKNOWN_REGISTRY`].
+pub fn registry_of_image(image: &str) -> String {
+    ImageRef::parse(image).map_or_else(|_| UNKNOWN_REGISTRY.to_string(), |r| r.registry)
+}
+
 /// Which source observed an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -95,11 +105,21 @@ impl Outcome {
     }
 
     /// `success` or `failure`, the `result` label.
-    pub fn result_label(&self) -> &'static str {
+    pub fn result(&self) -> AttemptResult {
         match self {
-            Outcome::Success { .. } => "success",
-            Outcome::Failure { .. } => "failure",
+            Outcome::Success { .. } => AttemptResult::Success,
+            Outcome::Failure { .. } => AttemptResult::Failure,
         }
+    }
+}
+
+crate::label_enum! {
+    /// How an attempt ended, as the `result` label and JSON field say it.
+    pub enum AttemptResult {
+        /// The runtime has the image.
+        Success => "success",
+        /// The pull failed.
+        Failure => "failure",
     }
 }
 
@@ -253,9 +273,7 @@ impl PullAttempt {
 
     /// Normalized registry, or `unknown`.
     pub fn registry(&self) -> &str {
-        self.reference
-            .as_ref()
-            .map_or(UNKNOWN_REGISTRY, |r| r.registry.as_str())
+        registry_of(self.reference.as_ref())
     }
 }
 

@@ -20,6 +20,18 @@ pub const OVERFLOW_VALUE: &str = "other";
 /// How long a value must go unseen before a newcomer may take its slot.
 pub const QUIET: Duration = Duration::from_secs(600);
 
+crate::label_enum! {
+    /// The labels whose values are capped.
+    pub enum LabelName {
+        /// A registry host (and port).
+        Registry => "registry",
+        /// A pod's namespace.
+        Namespace => "namespace",
+        /// An image name (with `--image-label`).
+        Image => "image",
+    }
+}
+
 /// How a value asks for a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
@@ -38,7 +50,7 @@ struct Slot {
 /// Admits at most `cap` distinct values of one label at a time (see the module's policy).
 #[derive(Debug)]
 pub struct LabelGuard {
-    label: &'static str,
+    label: LabelName,
     cap: usize,
     quiet: Duration,
     slots: Mutex<HashMap<String, Slot>>,
@@ -73,12 +85,12 @@ impl<'a> Admission<'a> {
 impl LabelGuard {
     /// A guard for `label` admitting at most `cap` distinct values, with the default quiet
     /// period.
-    pub fn new(label: &'static str, cap: usize) -> Self {
+    pub fn new(label: LabelName, cap: usize) -> Self {
         Self::with_quiet(label, cap, QUIET)
     }
 
     /// A guard whose slots may be taken after `quiet` without the value.
-    pub fn with_quiet(label: &'static str, cap: usize, quiet: Duration) -> Self {
+    pub fn with_quiet(label: LabelName, cap: usize, quiet: Duration) -> Self {
         Self {
             label,
             cap,
@@ -88,7 +100,7 @@ impl LabelGuard {
     }
 
     /// The label this guard protects.
-    pub fn label(&self) -> &'static str {
+    pub fn label(&self) -> LabelName {
         self.label
     }
 
@@ -153,13 +165,13 @@ mod tests {
 
     #[test]
     fn values_past_the_cap_become_other_and_known_ones_stay() {
-        let g = LabelGuard::new("registry", 2);
+        let g = LabelGuard::new(LabelName::Registry, 2);
         assert_eq!(g.admit("a").value(), "a");
         assert_eq!(g.admit("b").value(), "b");
         assert_eq!(g.admit("c"), Admission::Overflow);
         assert_eq!(g.admit("c").value(), OVERFLOW_VALUE);
         assert_eq!(g.admit("a").value(), "a");
-        assert_eq!(g.label(), "registry");
+        assert_eq!(g.label(), LabelName::Registry);
         assert_eq!(g.unique(|v| v == "a").as_deref(), Some("a"));
         assert_eq!(g.unique(|v| v.len() == 1), None, "two match: none");
         assert_eq!(g.unique(|v| v == "z"), None);
@@ -168,7 +180,7 @@ mod tests {
     #[test]
     fn junk_cannot_push_a_proven_registry_out_and_quiet_slots_are_reused() {
         let t0 = Instant::now();
-        let g = LabelGuard::new("registry", 3);
+        let g = LabelGuard::new(LabelName::Registry, 3);
         let at = |s: u64| t0 + Duration::from_secs(s);
         assert_eq!(
             g.admit_as("real.io", Claim::Proven, at(0)).value(),

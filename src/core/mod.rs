@@ -6,5 +6,6 @@ pub mod attempt;
 pub mod backoff;
 pub mod cardinality;
 pub mod classifier;
+pub mod progress;
 pub mod reason;
 pub mod reference;

@@ -2,11 +2,11 @@
 //! message`), just enough to read the first message of a unary request or response.
 
 /// Size of the frame header.
-pub const HEADER_LEN: usize = 5;
+pub(crate) const HEADER_LEN: usize = 5;
 
 /// Why a gRPC message could not be extracted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
+pub(crate) enum FrameError {
     /// Fewer bytes than the header or the declared length.
     #[error("truncated gRPC frame: have {have} bytes, need {need}")]
     Truncated {
@@ -21,7 +21,7 @@ pub enum FrameError {
 }
 
 /// Returns the first message in `buf`.
-pub fn first_message(buf: &[u8]) -> Result<&[u8], FrameError> {
+pub(crate) fn first_message(buf: &[u8]) -> Result<&[u8], FrameError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         return Err(FrameError::Truncated {
             have: buf.len(),
@@ -40,7 +40,7 @@ pub fn first_message(buf: &[u8]) -> Result<&[u8], FrameError> {
 }
 
 /// Frames `message` uncompressed.
-pub fn encode(message: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(message: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + message.len());
     out.push(0);
     out.extend_from_slice(&(message.len() as u32).to_be_bytes());

@@ -1,5 +1,5 @@
 //! Minimal gRPC wire handling for the interposer: message framing, status metadata, deadlines.
 
-pub mod frame;
-pub mod status;
-pub mod timeout;
+pub(crate) mod frame;
+pub(crate) mod status;
+pub(crate) mod timeout;

@@ -2,15 +2,18 @@
 //! HTTP/2 headers and trailers, and the codes a client reports for HTTP statuses and stream
 //! resets, per the gRPC over HTTP/2 protocol.
 
-use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
+#[cfg(any(test, feature = "fuzzing"))]
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use tonic::Code;
 
+#[cfg(any(test, feature = "fuzzing"))]
 /// Characters percent-encoded in `grpc-message`: everything outside printable ASCII, and `%`.
 const GRPC_MESSAGE_ENCODE: &AsciiSet = &CONTROLS.add(b'%');
 
 /// A gRPC status as read from the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrpcStatus {
+pub(crate) struct GrpcStatus {
     /// Status code.
     pub code: Code,
     /// Percent-decoded message (lossy UTF-8).
@@ -18,14 +21,14 @@ pub struct GrpcStatus {
 }
 
 /// Percent-decodes a `grpc-message` value; invalid UTF-8 becomes U+FFFD.
-pub fn decode_message(raw: &[u8]) -> String {
+pub(crate) fn decode_message(raw: &[u8]) -> String {
     let s = String::from_utf8_lossy(raw);
     percent_decode_str(&s).decode_utf8_lossy().into_owned()
 }
 
 /// The gRPC code an HTTP status maps to when a response carries no `grpc-status`
 /// (gRPC's "HTTP to gRPC status code mapping").
-pub fn code_from_http(status: u16) -> Code {
+pub(crate) fn code_from_http(status: u16) -> Code {
     match status {
         200 => Code::Unknown,
         400 => Code::Internal,
@@ -38,7 +41,7 @@ pub fn code_from_http(status: u16) -> Code {
 }
 
 /// The canonical upper-case name of a code, e.g. `UNAVAILABLE` (the `code` metric label).
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
@@ -60,13 +63,14 @@ pub fn code_name(code: Code) -> &'static str {
     }
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
 /// Percent-encodes `message` for `grpc-message` (always a valid header value).
-pub fn encode_message(message: &str) -> String {
+pub(crate) fn encode_message(message: &str) -> String {
     utf8_percent_encode(message, GRPC_MESSAGE_ENCODE).to_string()
 }
 
 /// A status from raw `grpc-status` and `grpc-message` values (as read off the wire).
-pub fn from_raw(grpc_status: &str, grpc_message: Option<&[u8]>) -> GrpcStatus {
+pub(crate) fn from_raw(grpc_status: &str, grpc_message: Option<&[u8]>) -> GrpcStatus {
     let code = grpc_status
         .trim()
         .parse::<i32>()
@@ -79,7 +83,7 @@ pub fn from_raw(grpc_status: &str, grpc_message: Option<&[u8]>) -> GrpcStatus {
 
 /// The gRPC code a client reports for a stream reset with HTTP/2 error `code` (gRPC over
 /// HTTP/2, "Errors").
-pub fn code_from_reset(code: u32) -> Code {
+pub(crate) fn code_from_reset(code: u32) -> Code {
     match code {
         0x7 => Code::Unavailable,       // REFUSED_STREAM
         0x8 => Code::Cancelled,         // CANCEL
@@ -90,7 +94,7 @@ pub fn code_from_reset(code: u32) -> Code {
 }
 
 /// The name of an HTTP/2 error code (RFC 9113 §7).
-pub fn reset_name(code: u32) -> &'static str {
+pub(crate) fn reset_name(code: u32) -> &'static str {
     const NAMES: [&str; 14] = [
         "NO_ERROR",
         "PROTOCOL_ERROR",

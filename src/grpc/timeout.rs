@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Parses a `grpc-timeout` value such as `120S`, `500m`, `2H`. Returns `None` for malformed values.
-pub fn parse(value: &str) -> Option<Duration> {
+pub(crate) fn parse(value: &str) -> Option<Duration> {
     let value = value.trim();
     // ASCII only (also keeps the split below on a character boundary; found by fuzzing).
     if value.len() < 2 || value.len() > 9 || !value.is_ascii() {

@@ -24,15 +24,15 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 
 /// How long a client may take for its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections kept for `/healthz` and `/readyz` once `max_connections` are open.
-pub const PROBE_SLOTS: usize = 4;
+pub(super) const PROBE_SLOTS: usize = 4;
 /// How long a connection on a probe slot may take to send its request.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Which requests a connection may make.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
+pub(super) enum Lane {
     /// Any: it holds one of the `max_connections` slots.
     Any,
     /// The probes only: it holds a probe slot, taken while every other slot was in use.
@@ -41,7 +41,7 @@ pub enum Lane {
 
 /// Runs the loop. `open` turns an accepted stream into its connection on its lane (after a TLS
 /// handshake, say), or `None` when that failed; it runs on the connection's own task.
-pub async fn accept_loop<C, F>(
+pub(super) async fn accept_loop<C, F>(
     what: &'static str,
     listener: TcpListener,
     limits: ConnectionLimits,
@@ -116,7 +116,7 @@ pub async fn accept_loop<C, F>(
 /// A stream that fails with `TimedOut` once nothing was read or written for its timeout, or
 /// nothing was read at all within its first-byte timeout of the accept: an idle (or never
 /// used) connection gives its descriptor back.
-pub struct Idle<S> {
+pub(super) struct Idle<S> {
     inner: S,
     timeout: Duration,
     deadline: Pin<Box<Sleep>>,
@@ -125,7 +125,7 @@ pub struct Idle<S> {
 impl<S> Idle<S> {
     /// `inner`, closed if no byte arrives within `first_byte`, then after `timeout` without
     /// traffic.
-    pub fn new(inner: S, first_byte: Duration, timeout: Duration) -> Self {
+    pub(super) fn new(inner: S, first_byte: Duration, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,

@@ -67,7 +67,7 @@ pub struct HttpArgs {
 
 /// Bounds on the endpoint's connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// Open connections at most.
     pub max_connections: usize,
     /// Time to send a request's headers.
@@ -78,7 +78,7 @@ pub struct ConnectionLimits {
 
 /// Settings of the HTTP endpoint.
 #[derive(Debug, Clone)]
-pub struct HttpConfig {
+pub(crate) struct HttpConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
     /// TLS / basic auth, if a web config file was given.
@@ -89,7 +89,7 @@ pub struct HttpConfig {
 
 impl HttpConfig {
     /// The endpoint's settings; loads and checks the web config file.
-    pub fn from_args(args: &HttpArgs) -> Result<Self, ConfigError> {
+    pub(crate) fn from_args(args: &HttpArgs) -> Result<Self, ConfigError> {
         let web_config = match &args.web_config_file {
             Some(p) => Some(Arc::new(WebConfig::load(p).map_err(|e| {
                 err("web.config.file", format!("{}: {}", p.display(), e.problem))

@@ -5,12 +5,12 @@
 mod accept;
 mod config;
 use accept::Lane;
-pub mod web_config;
+pub(crate) mod web_config;
 
-pub use config::{HttpArgs, HttpConfig};
+pub(crate) use config::{HttpArgs, HttpConfig};
 
-use crate::telemetry::{MetricsError, MetricsRegistry};
 use crate::sinks::pulls::PullsView;
+use crate::telemetry::{MetricsError, MetricsRegistry};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -25,16 +25,16 @@ use web_config::WebConfig;
 
 /// Shared readiness flag: set once every enabled source is running.
 #[derive(Debug, Default, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
+pub(crate) struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
     /// Marks the agent ready (or not).
-    pub fn set(&self, ready: bool) {
+    pub(crate) fn set(&self, ready: bool) {
         self.0.store(ready, Ordering::SeqCst);
     }
 
     /// Whether the agent is ready.
-    pub fn get(&self) -> bool {
+    pub(crate) fn get(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
@@ -108,18 +108,15 @@ async fn route(req: &Request<Incoming>, shared: &Shared, lane: Lane) -> Response
 
 /// The endpoint's families.
 #[derive(Clone)]
-pub struct HttpMetrics {
+pub(crate) struct HttpMetrics {
     rejected: prometheus::IntCounter,
 }
 
 impl HttpMetrics {
     /// Registers the endpoint's families in `reg`.
-    pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
+    pub(crate) fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
-            rejected: crate::telemetry::counter(
-                reg,
-                "pullwatch_http_connections_rejected_total",
-            )?,
+            rejected: crate::telemetry::counter(reg, "pullwatch_http_connections_rejected_total")?,
         })
     }
 }
@@ -160,7 +157,7 @@ where
 
 /// Serves HTTP (HTTPS with a TLS web config; basic auth if it names users) on `listener` until
 /// `shutdown` resolves, within `limits`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     metrics: MetricsRegistry,
     pulls: Arc<PullsView>,

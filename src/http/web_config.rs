@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 /// Why the web config cannot be used. Never quotes a password hash or key material.
 #[derive(Debug, thiserror::Error)]
 #[error("--web.config.file {path}: {problem}")]
-pub struct WebConfigError {
+pub(crate) struct WebConfigError {
     /// The config file.
     pub path: PathBuf,
     /// What is wrong.
@@ -49,7 +49,7 @@ struct TlsFile {
 }
 
 /// The loaded configuration.
-pub struct WebConfig {
+pub(crate) struct WebConfig {
     /// TLS server configuration, if TLS is on.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     users: BTreeMap<String, String>,
@@ -75,13 +75,13 @@ impl std::fmt::Debug for WebConfig {
 const MAX_VERIFIED: usize = 16;
 /// How long a verified `Authorization` value is trusted without a new bcrypt check (the
 /// exporter toolkit caches too): a password removed from the file stops working within it.
-pub const VERIFIED_TTL: Duration = Duration::from_secs(60);
+pub(crate) const VERIFIED_TTL: Duration = Duration::from_secs(60);
 /// bcrypt checks running at once: wrong passwords cannot take every blocking thread.
 const MAX_CONCURRENT_CHECKS: usize = 4;
 
 impl WebConfig {
     /// Reads and checks `path` (certificates and keys are loaded now).
-    pub fn load(path: &Path) -> Result<Self, WebConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, WebConfigError> {
         let err = |problem: String| WebConfigError {
             path: path.to_path_buf(),
             problem,
@@ -127,7 +127,7 @@ impl WebConfig {
     }
 
     /// Whether requests must carry basic auth.
-    pub fn requires_auth(&self) -> bool {
+    pub(crate) fn requires_auth(&self) -> bool {
         !self.users.is_empty()
     }
 
@@ -135,7 +135,7 @@ impl WebConfig {
     /// [`VERIFIED_TTL`] is answered from memory; otherwise bcrypt runs on the blocking pool
     /// (never on an async worker, never under a lock), at most a few at once: the permit goes
     /// with the hash and is released when the hash ends, even if the client hung up.
-    pub async fn authorize(self: &Arc<Self>, header: Option<&str>) -> bool {
+    pub(crate) async fn authorize(self: &Arc<Self>, header: Option<&str>) -> bool {
         if self.users.is_empty() {
             return true;
         }

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Observer bytes across all connections of one transport.
-pub const TOTAL: usize = 64 << 20;
+pub(crate) const TOTAL: usize = 64 << 20;
 /// Bytes reserved for each observed connection.
-pub const FLOOR: usize = 64 << 10;
+pub(crate) const FLOOR: usize = 64 << 10;
 
 /// A transport's budget: `floor` bytes reserved per connection for up to `max_connections`
 /// connections, the rest of `total` a pool shared fairly.
 #[derive(Debug)]
-pub struct MemoryBudget {
+pub(crate) struct MemoryBudget {
     floor: usize,
     pool: usize,
     pool_used: AtomicUsize,
@@ -30,7 +30,7 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// `total` bytes for at most `max_connections` connections, each with `floor` reserved
     /// (capped so the reservations take at most half of `total`).
-    pub fn new(total: usize, floor: usize, max_connections: usize) -> Arc<Self> {
+    pub(crate) fn new(total: usize, floor: usize, max_connections: usize) -> Arc<Self> {
         let floor = floor.min(total / 2 / max_connections.max(1));
         Arc::new(Self {
             floor,
@@ -40,14 +40,15 @@ impl MemoryBudget {
         })
     }
 
+    #[cfg(any(test, feature = "fuzzing"))]
     /// A budget without limits, for tests and fuzzing.
-    pub fn unlimited() -> Arc<Self> {
+    pub(crate) fn unlimited() -> Arc<Self> {
         Self::new(usize::MAX / 4, usize::MAX / 16, 1)
     }
 
     /// A new connection's share (counted among the connections the pool is divided by until
     /// dropped).
-    pub fn share(self: &Arc<Self>) -> Arc<Share> {
+    pub(crate) fn share(self: &Arc<Self>) -> Arc<Share> {
         self.members.fetch_add(1, Ordering::Relaxed);
         Arc::new(Share {
             budget: self.clone(),
@@ -57,7 +58,7 @@ impl MemoryBudget {
 
     /// Bytes of the shared pool in use.
     #[cfg(test)]
-    pub fn pool_used(&self) -> usize {
+    pub(crate) fn pool_used(&self) -> usize {
         self.pool_used.load(Ordering::Relaxed)
     }
 
@@ -85,7 +86,7 @@ impl MemoryBudget {
 
 /// One connection's part of a [`MemoryBudget`].
 #[derive(Debug)]
-pub struct Share {
+pub(crate) struct Share {
     budget: Arc<MemoryBudget>,
     used: Mutex<usize>,
 }
@@ -93,7 +94,7 @@ pub struct Share {
 impl Share {
     /// Takes `n` more bytes, or nothing and `false`: within the floor always, beyond it from
     /// the pool up to the connection's fair part.
-    pub fn grow(&self, n: usize) -> bool {
+    pub(crate) fn grow(&self, n: usize) -> bool {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
         let b = &self.budget;
         let Some(after) = used.checked_add(n) else {
@@ -108,7 +109,7 @@ impl Share {
     }
 
     /// Gives `n` bytes back.
-    pub fn shrink(&self, n: usize) {
+    pub(crate) fn shrink(&self, n: usize) {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
         let floor = self.budget.floor;
         let after = used.saturating_sub(n);
@@ -117,8 +118,9 @@ impl Share {
         *used = after;
     }
 
+    #[cfg(test)]
     /// Bytes this connection holds.
-    pub fn used(&self) -> usize {
+    pub(crate) fn used(&self) -> usize {
         *self.used.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -133,14 +135,14 @@ impl Drop for Share {
 
 /// Bytes held from a [`Share`] by one buffer; given back when dropped.
 #[derive(Debug)]
-pub struct Lease {
+pub(crate) struct Lease {
     share: Arc<Share>,
     held: usize,
 }
 
 impl Lease {
     /// An empty lease on `share`.
-    pub fn new(share: &Arc<Share>) -> Self {
+    pub(crate) fn new(share: &Arc<Share>) -> Self {
         Self {
             share: share.clone(),
             held: 0,
@@ -148,7 +150,7 @@ impl Lease {
     }
 
     /// Takes `n` more bytes, or nothing and `false`.
-    pub fn grow(&mut self, n: usize) -> bool {
+    pub(crate) fn grow(&mut self, n: usize) -> bool {
         if !self.share.grow(n) {
             return false;
         }
@@ -158,7 +160,7 @@ impl Lease {
 
     /// Holds exactly `n` bytes (taking or giving back the difference); `false` if more did not
     /// fit (then it holds what it held).
-    pub fn hold(&mut self, n: usize) -> bool {
+    pub(crate) fn hold(&mut self, n: usize) -> bool {
         if n > self.held {
             self.grow(n - self.held)
         } else {
@@ -169,7 +171,7 @@ impl Lease {
     }
 
     /// Gives everything back.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.share.shrink(self.held);
         self.held = 0;
     }

@@ -4,13 +4,13 @@
 
 use crate::core::attempt::{CauseFrom, Outcome, PullAttempt, Readout, TraceContext};
 use crate::core::reason::Reason;
-use crate::grpc::status::{self, GrpcStatus, code_name};
+use crate::grpc::status::{self, GrpcStatus};
 use crate::grpc::timeout;
 use crate::observe::budget::Lease;
 use crate::observe::decode::{self, ObservedPull};
 use crate::observe::methods;
 use crate::observe::wire::{Head, StatusByOrder};
-use crate::observe::{ByMethod, ByPart, MethodCode, Recording};
+use crate::observe::{ByMethod, ByPart, CallCode, MethodCode, Part, Recording};
 use crate::recorder::InFlight;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -18,7 +18,7 @@ use tonic::Code;
 
 /// Largest PullImage request pullwatch buffers to decode (kubelet's are a few KiB; the CRI
 /// message limit is 16 MiB). Larger ones are relayed untouched and counted as decode errors.
-pub const MAX_REQUEST_CAPTURE: usize = 4 << 20;
+pub(crate) const MAX_REQUEST_CAPTURE: usize = 4 << 20;
 /// Largest PullImage response buffered (it holds one string).
 const MAX_RESPONSE_CAPTURE: usize = 64 << 10;
 /// Largest request buffered of a call whose method could not be read (to tell a PullImage by
@@ -281,7 +281,7 @@ impl Call {
     }
 
     /// Counts a part of the call that could not be read in the transport's partial family.
-    fn partial(&self, part: &'static str) {
+    fn partial(&self, part: Part) {
         if let Some(f) = &self.recording.partial {
             f.inc(&ByPart { part });
         }
@@ -291,7 +291,7 @@ impl Call {
     /// resynchronization), counted as partial.
     pub(crate) fn lost(mut self) {
         self.finished = true;
-        self.partial("lost");
+        self.partial(Part::Lost);
     }
 
     /// Drops the call unrecorded: the runtime never processed it (REFUSED_STREAM, or a GOAWAY
@@ -309,11 +309,11 @@ impl Call {
                 (Some(s), _) => (s.code, s.message.clone(), None),
                 // A pull answered with its image ref succeeded, whatever status it had.
                 (None, Some(_)) if self.answered_with_image() => {
-                    self.partial("status");
+                    self.partial(Part::Status);
                     (Code::Ok, String::new(), None)
                 }
                 (None, Some(message)) => {
-                    self.partial("status");
+                    self.partial(Part::Status);
                     match message {
                         Some(m) => {
                             self.status_by_order = true;
@@ -376,10 +376,10 @@ impl Call {
 
     fn record(&mut self, code: Code, message: String, forced: Option<Reason>, duration: Duration) {
         if self.unread_method {
-            self.partial("method");
+            self.partial(Part::Method);
         }
         if self.status_by_order {
-            self.partial("names");
+            self.partial(Part::Names);
         }
         // A status that could not be read is no gRPC code, unless the answer itself told it (a
         // pull's image ref) or its message was read by its place.
@@ -388,9 +388,9 @@ impl Call {
         metrics.requests.inc(&MethodCode {
             method: self.method,
             code: if unread {
-                methods::UNREAD
+                CallCode::Unread
             } else {
-                code_name(code)
+                CallCode::Status(code)
             },
         });
         metrics.duration.observe(

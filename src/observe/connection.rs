@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Calls tracked at once on one connection; more ends observation of the connection.
-pub const MAX_STREAMS: usize = 10_000;
+pub(crate) const MAX_STREAMS: usize = 10_000;
 
 /// HTTP/2 REFUSED_STREAM: the stream was not processed; the caller may retry it.
 const REFUSED_STREAM: u32 = 0x7;
 
 /// How a connection is followed when its bytes cannot be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
+pub(crate) enum Follow {
     /// Give up for good (the interposer: it saw everything, so what it cannot read now it never
     /// will).
     GiveUp,
@@ -35,7 +35,7 @@ pub enum Follow {
 }
 
 /// One connection's observer.
-pub struct ConnectionObserver {
+pub(crate) struct ConnectionObserver {
     caller: Reader,
     runtime: Reader,
     calls: Stitcher,
@@ -60,7 +60,7 @@ struct Stitcher {
 impl ConnectionObserver {
     /// An observer of a new connection, from its first byte, that gives up on what it cannot
     /// follow ([`Follow::GiveUp`]), holding its buffers from `share`.
-    pub fn new(recording: Arc<Recording>, share: Arc<Share>) -> Self {
+    pub(crate) fn new(recording: Arc<Recording>, share: Arc<Share>) -> Self {
         Self {
             caller: Reader::new(Side::Caller, &share),
             runtime: Reader::new(Side::Runtime, &share),
@@ -79,7 +79,7 @@ impl ConnectionObserver {
 
     /// An observer of a new connection, from its first byte, that resynchronizes
     /// ([`Follow::Resync`]).
-    pub fn tap(recording: Arc<Recording>, share: Arc<Share>) -> Self {
+    pub(crate) fn tap(recording: Arc<Recording>, share: Arc<Share>) -> Self {
         Self {
             follow: Follow::Resync,
             ..Self::new(recording, share)
@@ -88,7 +88,7 @@ impl ConnectionObserver {
 
     /// An observer joining a connection under way (both directions hunt for a frame boundary,
     /// HPACK decoders join late), that resynchronizes ([`Follow::Resync`]).
-    pub fn joining(recording: Arc<Recording>, share: Arc<Share>) -> Self {
+    pub(crate) fn joining(recording: Arc<Recording>, share: Arc<Share>) -> Self {
         Self {
             caller: Reader::joining(Side::Caller, &share),
             runtime: Reader::joining(Side::Runtime, &share),
@@ -106,32 +106,27 @@ impl ConnectionObserver {
 
     /// Whether `side`'s reader is looking for a frame boundary (then only whole pieces,
     /// [`Self::observe_piece`], can resume it).
-    pub fn is_hunting(&self, side: Side) -> bool {
+    pub(crate) fn is_hunting(&self, side: Side) -> bool {
         match side {
             Side::Caller => self.caller.is_hunting(),
             Side::Runtime => self.runtime.is_hunting(),
         }
     }
 
-    /// Whether both HPACK decoders know every entry their sender may refer to.
-    pub fn is_exact(&self) -> bool {
-        self.caller.is_exact() && self.runtime.is_exact()
-    }
-
     /// Bytes `side` sent at `at` (already carried to the other side).
-    pub fn observe(&mut self, side: Side, bytes: &[u8], at: Instant) {
+    pub(crate) fn observe(&mut self, side: Side, bytes: &[u8], at: Instant) {
         self.read(side, bytes, at, false);
     }
 
     /// A piece `side` sent at `at` that starts where one of its writes (or the runtime's
     /// reads) started: a hunting reader may find its frame boundary there.
-    pub fn observe_piece(&mut self, side: Side, piece: &[u8], at: Instant) {
+    pub(crate) fn observe_piece(&mut self, side: Side, piece: &[u8], at: Instant) {
         self.read(side, piece, at, true);
     }
 
     /// `n` bytes of `side` were lost at `at` (never seen): the reader hunts again, and calls
     /// that may have lost a part are dropped as partial.
-    pub fn lost(&mut self, side: Side, at: Instant) {
+    pub(crate) fn lost(&mut self, side: Side, at: Instant) {
         let _ = at;
         self.resync(side, Unobservable::Gap);
     }
@@ -192,12 +187,8 @@ impl ConnectionObserver {
     /// was lost (their answers may be in what was lost), those whose request had not ended
     /// when the caller's was.
     fn resync(&mut self, side: Side, why: Unobservable) {
-        let cause = why.cause();
-        tracing::debug!(?side, cause, error = %why, "lost track of a connection's bytes; resynchronizing");
-        self.calls
-            .recording
-            .unobserved
-            .inc(&crate::observe::ByCause { cause });
+        let event = super::events::Resynced { side, why: &why };
+        event.emit(&self.calls.recording.unobserved);
         match side {
             Side::Runtime => {
                 self.calls.lose_all();
@@ -210,12 +201,12 @@ impl ConnectionObserver {
 
     /// The connection can no longer be followed (its end was lost): open calls are dropped as
     /// partial.
-    pub fn abandon(&mut self) {
+    pub(crate) fn abandon(&mut self) {
         self.calls.lose_all();
     }
 
     /// Drops the calls open longer than `max` at `now` (their end was never seen), as partial.
-    pub fn sweep(&mut self, now: Instant, max: std::time::Duration) {
+    pub(crate) fn sweep(&mut self, now: Instant, max: std::time::Duration) {
         let stale: Vec<u32> = self
             .calls
             .open
@@ -230,25 +221,26 @@ impl ConnectionObserver {
         }
     }
 
+    #[cfg(test)]
     /// Whether no call is open (the connection may be closed without cutting one), as far as
     /// the observer knows: an unobserved connection is never idle.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.failed.is_none() && self.calls.open.is_empty()
     }
 
     /// Whether the observer still follows this connection.
-    pub fn is_observing(&self) -> bool {
+    pub(crate) fn is_observing(&self) -> bool {
         self.failed.is_none()
     }
 
     /// Calls open on the connection, as far as the observer knows.
-    pub fn open_calls(&self) -> usize {
+    pub(crate) fn open_calls(&self) -> usize {
         self.calls.open.len()
     }
 
     /// The connection ended at `at`; `first` is the side whose end (EOF or error) came first.
     /// Open calls end as that side's doing.
-    pub fn closed(&mut self, first: Side, at: Instant) {
+    pub(crate) fn closed(&mut self, first: Side, at: Instant) {
         for (_, call) in self.calls.open.drain() {
             match first {
                 Side::Caller => call.finish(End::CallerGone, at),
@@ -265,20 +257,15 @@ impl ConnectionObserver {
 
     /// Stops observing the connection (open calls are dropped unrecorded), counted by cause and
     /// logged once.
-    pub fn give_up(&mut self, why: Unobservable) {
+    pub(crate) fn give_up(&mut self, why: Unobservable) {
         if self.failed.is_some() {
             return;
         }
-        tracing::warn!(
-            cause = why.cause(),
-            error = %why,
-            open_calls = self.calls.open.len(),
-            "connection carried on without observation from here on"
-        );
-        self.calls
-            .recording
-            .unobserved
-            .inc(&crate::observe::ByCause { cause: why.cause() });
+        let event = super::events::GaveUp {
+            why: &why,
+            open_calls: self.calls.open.len(),
+        };
+        event.emit(&self.calls.recording.unobserved);
         for (_, call) in self.calls.open.drain() {
             call.discard();
         }

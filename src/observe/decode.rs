@@ -10,7 +10,7 @@ use prost::Message;
 
 /// What the interposer reads from a PullImage request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ObservedPull {
+pub(crate) struct ObservedPull {
     /// The image as requested.
     pub image: String,
     /// Parsed reference, if `image` parses.
@@ -123,7 +123,7 @@ fn only<'a>(message: &'a [u8], allowed: &[(u64, u64)], want: u64) -> Option<Opti
 /// and uid. No other CRI request has that shape (CreateContainer's field 1 is a sandbox id, not
 /// a message; RunPodSandbox and the image calls have no field 3). Then decoded as
 /// [`pull_request`] does.
-pub fn pull_request_by_shape(framed: &[u8]) -> Option<ObservedPull> {
+pub(crate) fn pull_request_by_shape(framed: &[u8]) -> Option<ObservedPull> {
     const LEN: u64 = 2;
     let message = frame::first_message(framed).ok()?;
     let spec = only(message, &[(1, LEN), (2, LEN), (3, LEN)], 1)??;
@@ -140,7 +140,7 @@ pub fn pull_request_by_shape(framed: &[u8]) -> Option<ObservedPull> {
 }
 
 /// A framed response that is a PullImageResponse by its shape: one string field, not empty.
-pub fn pull_response_by_shape(framed: &[u8]) -> Option<String> {
+pub(crate) fn pull_response_by_shape(framed: &[u8]) -> Option<String> {
     let message = frame::first_message(framed).ok()?;
     only(message, &[(1, 2)], 1)?.filter(|v| !v.is_empty())?;
     pull_response(framed)
@@ -148,7 +148,7 @@ pub fn pull_response_by_shape(framed: &[u8]) -> Option<String> {
 
 /// Decodes a framed PullImage request; `None` if it is not one (truncated, compressed, not
 /// protobuf). The caller forwards the bytes unchanged either way.
-pub fn pull_request(framed: &[u8]) -> Option<ObservedPull> {
+pub(crate) fn pull_request(framed: &[u8]) -> Option<ObservedPull> {
     let message = frame::first_message(framed).ok()?;
     let req = ObservedPullImageRequest::decode(message).ok()?;
     let credentials = has_nonempty_field(message, 2).unwrap_or(false);
@@ -180,7 +180,7 @@ pub fn pull_request(framed: &[u8]) -> Option<ObservedPull> {
 }
 
 /// Decodes a framed PullImage response into its image ref; `None` if it is not one.
-pub fn pull_response(framed: &[u8]) -> Option<String> {
+pub(crate) fn pull_response(framed: &[u8]) -> Option<String> {
     ObservedPullImageResponse::decode(frame::first_message(framed).ok()?)
         .ok()
         .map(|r| String::from_utf8_lossy(&r.image_ref).into_owned())

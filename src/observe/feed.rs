@@ -20,7 +20,7 @@ use std::time::Instant;
 /// Bytes one connection may have waiting for the observer (within its memory share); more
 /// ends its observation. Room for a burst of large requests (a caller may write a whole
 /// 4 MiB PullImage request at once) while the observer thread is busy elsewhere.
-pub const MAX_QUEUED: usize = 16 << 20;
+pub(crate) const MAX_QUEUED: usize = 16 << 20;
 
 /// What the relay tells the observer thread, in order per connection.
 enum Message {
@@ -68,7 +68,7 @@ impl FeedState {
 }
 
 /// The observer thread of one transport, and the feeds of its connections.
-pub struct Observers {
+pub(crate) struct Observers {
     tx: Mutex<mpsc::Sender<Message>>,
     budget: Arc<MemoryBudget>,
     next: AtomicU64,
@@ -77,7 +77,10 @@ pub struct Observers {
 impl Observers {
     /// Starts the observer thread; observations go to `recording`, each connection's bytes
     /// are held from `budget`.
-    pub fn start(recording: Arc<Recording>, budget: Arc<MemoryBudget>) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        recording: Arc<Recording>,
+        budget: Arc<MemoryBudget>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("cri-observer".into())
@@ -90,7 +93,7 @@ impl Observers {
     }
 
     /// The feed of a new connection.
-    pub fn feed(&self) -> Feed {
+    pub(crate) fn feed(&self) -> Feed {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(FeedState::default());
         let share = self.budget.share();
@@ -115,7 +118,7 @@ impl Observers {
 }
 
 /// One connection's way to the observer thread. Never blocks.
-pub struct Feed {
+pub(crate) struct Feed {
     id: u64,
     tx: mpsc::Sender<Message>,
     share: Arc<Share>,
@@ -126,7 +129,7 @@ pub struct Feed {
 impl Feed {
     /// `side` carried `bytes` (already forwarded): queued for the observer, or, if the queue
     /// is full, the connection's observation ends (`backlog`).
-    pub fn bytes(&self, side: Side, bytes: &[u8]) {
+    pub(crate) fn bytes(&self, side: Side, bytes: &[u8]) {
         let state = &self.state;
         if bytes.is_empty() || state.off.load(Ordering::Relaxed) {
             return;
@@ -152,14 +155,15 @@ impl Feed {
         }
     }
 
+    #[cfg(test)]
     /// Whether the connection has no call open and nothing waiting to be observed (it may be
     /// closed without cutting a call). An unobserved connection is never idle.
-    pub fn is_idle(&self) -> bool {
+    pub(crate) fn is_idle(&self) -> bool {
         self.state.is_idle()
     }
 
     /// Waits until [`Feed::is_idle`].
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         loop {
             let notified = self.state.idle.notified();
             tokio::pin!(notified);
@@ -172,7 +176,7 @@ impl Feed {
     }
 
     /// The connection ended; `first` is the side whose end came first.
-    pub fn closed(mut self, first: Side) {
+    pub(crate) fn closed(mut self, first: Side) {
         self.closed = true;
         let at = Instant::now();
         let _ = self.tx.send(Message::Closed {

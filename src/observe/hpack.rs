@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 /// Why a header block does not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HpackError {
+pub(crate) enum HpackError {
     /// The block ends inside a representation.
     #[error("truncated header block")]
     Truncated,
@@ -103,7 +103,7 @@ const STATIC: [(&str, &str); 61] = [
 /// Per-entry overhead in the table size (RFC 7541 §4.1).
 const ENTRY_OVERHEAD: usize = 32;
 /// The table size every HTTP/2 connection starts with (SETTINGS_HEADER_TABLE_SIZE default).
-pub const DEFAULT_TABLE_SIZE: usize = 4096;
+pub(crate) const DEFAULT_TABLE_SIZE: usize = 4096;
 
 /// One dynamic-table entry. Its name is unknown when it was inserted by a literal that named
 /// an entry from before the decoder joined; its size is then a lower bound.
@@ -130,9 +130,9 @@ struct Entry {
 /// `grpc-message`, `grpc-timeout`) and that an encoder like Go's names by reference to its
 /// newest entry with that name. Each such literal inserts an entry naming the one before, so
 /// the chain goes back to the entry from before the join for as long as it is unbroken; its
-/// values are all known. What reads the fields copes ([`super::wire::Head::status_by_order`]).
+/// values are all known. What reads the fields copes ([`super::head::Head::status_by_order`]).
 #[derive(Debug)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     /// Newest first.
     table: VecDeque<Entry>,
     size: usize,
@@ -149,7 +149,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder from the first block of a connection, whose table may be resized up to
     /// `limit` bytes by the encoder.
-    pub fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize) -> Self {
         Self {
             table: VecDeque::new(),
             size: 0,
@@ -166,15 +166,16 @@ impl Decoder {
     /// size is taken as the HTTP/2 default until the encoder announces one: if the peers had
     /// agreed on a larger table, entries are dropped early, so a reference to one becomes
     /// unknown (or a desync error once exact), never a wrong value.
-    pub fn joining(limit: usize) -> Self {
+    pub(crate) fn joining(limit: usize) -> Self {
         Self {
             older_unknown: true,
             ..Self::new(limit)
         }
     }
 
+    #[cfg(test)]
     /// Whether the decoder knows every entry the encoder may refer to.
-    pub fn is_exact(&self) -> bool {
+    pub(crate) fn is_exact(&self) -> bool {
         !self.older_unknown
     }
 
@@ -183,7 +184,7 @@ impl Decoder {
     /// joined too late to know it). Stops with [`HpackError::ListTooLarge`] once the fields'
     /// size (name + value + 32 each, unknown parts counted as empty) passes `limit`; the table
     /// is then out of step with the encoder's, and the decoder must not be used again.
-    pub fn decode(
+    pub(crate) fn decode(
         &mut self,
         mut block: &[u8],
         limit: usize,
@@ -482,13 +483,13 @@ fn long_code(book: &Codebook, bits: u64) -> Option<(u16, u32)> {
 /// literal naming that entry, with incremental indexing; any other as a literal with a new
 /// name, indexed. No Huffman. For tests and fuzzing of late joins.
 #[cfg(any(test, feature = "fuzzing"))]
-pub mod go_encoder {
+pub(crate) mod go_encoder {
     use super::{ENTRY_OVERHEAD, STATIC};
     use std::collections::VecDeque;
 
     /// One direction's encoder, with the default 4 KiB table.
     #[derive(Debug, Default)]
-    pub struct Encoder {
+    pub(crate) struct Encoder {
         table: VecDeque<(Vec<u8>, Vec<u8>)>,
         size: usize,
     }
@@ -515,7 +516,7 @@ pub mod go_encoder {
 
     impl Encoder {
         /// The block for `fields`.
-        pub fn encode(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
+        pub(crate) fn encode(&mut self, fields: &[(&[u8], &[u8])]) -> Vec<u8> {
             let mut out = Vec::new();
             for (name, value) in fields {
                 let exact = STATIC

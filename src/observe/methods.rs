@@ -4,10 +4,10 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 
 /// Label for any method outside the known CRI set (a newer kubelet, or garbage).
-pub const OTHER: &str = "other";
+pub(crate) const OTHER: &str = "other";
 /// Label for a call whose method (or, as `code`, whose status) could not be read: the kernel
 /// tap joined the connection after the HPACK entry naming it was sent.
-pub const UNREAD: &str = "unread";
+pub(crate) const UNREAD: &str = "unread";
 
 const RUNTIME_METHODS: &[&str] = &[
     "Version",
@@ -78,12 +78,12 @@ fn known() -> &'static HashSet<String> {
 }
 
 /// The `method` label for a request path: the path itself if it is a known CRI method.
-pub fn label(path: &str) -> &'static str {
+pub(crate) fn label(path: &str) -> &'static str {
     known().get(path).map_or(OTHER, String::as_str)
 }
 
 /// Whether the path is CRI's PullImage (any API version).
-pub fn is_pull_image(path: &str) -> bool {
+pub(crate) fn is_pull_image(path: &str) -> bool {
     API_VERSIONS.iter().any(|v| {
         path.strip_prefix("/runtime.")
             .and_then(|p| p.strip_prefix(v))

@@ -8,58 +8,96 @@
 //! pairs each request with its answer ([`call`]), [`decode`] reads the two CRI messages it
 //! needs, [`methods`] bounds the method label, and [`budget`] holds every byte it keeps.
 
-pub mod budget;
+pub(crate) mod budget;
 pub(crate) mod call;
-pub mod connection;
-pub mod decode;
-pub mod feed;
-pub mod hpack;
-pub mod methods;
-pub mod wire;
+pub(crate) mod connection;
+pub(crate) mod decode;
+mod events;
+pub(crate) mod feed;
+pub(crate) mod head;
+pub(crate) mod hpack;
+pub(crate) mod methods;
+pub(crate) mod unobservable;
+pub(crate) mod wire;
 
 use crate::core::attempt::Source;
 use crate::recorder::Recorder;
+use crate::telemetry::health::SourceHealth;
 use crate::telemetry::{
     CRI_BUCKETS, CounterFamily, HistogramFamily, MetricsError, MetricsRegistry,
 };
-use crate::telemetry::health::SourceHealth;
 use std::sync::Arc;
+
+/// The `code` label of a call: its gRPC status, or `unread` when the tap could not read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallCode {
+    /// The status the runtime answered.
+    Status(tonic::Code),
+    /// Not readable (the tap joined after the HPACK entry naming it).
+    Unread,
+}
+
+impl crate::telemetry::LabelValue for CallCode {
+    fn label_value(&self) -> &str {
+        match self {
+            CallCode::Status(code) => crate::grpc::status::code_name(*code),
+            CallCode::Unread => methods::UNREAD,
+        }
+    }
+}
+
+crate::label_enum! {
+    /// What could not be read of a call the tap observed.
+    pub(crate) enum Part {
+        /// Bytes of the call were lost: the call is dropped.
+        Lost => "lost",
+        /// Its status (read by its place, or not at all).
+        Status => "status",
+        /// Its method (read from the request's shape, or not at all).
+        Method => "method",
+        /// Header names, read by their order.
+        Names => "names",
+    }
+}
 
 crate::label_set! {
     /// Labels of `pullwatch_cri_requests_total`.
-    pub(crate) struct MethodCode<'a> { method: &'a str, code: &'a str }
+    pub(crate) struct MethodCode { method: &'static str, code: CallCode }
 }
 
 crate::label_set! {
     /// Labels of `pullwatch_cri_request_duration_seconds`.
-    pub(crate) struct ByMethod<'a> { method: &'a str }
+    pub(crate) struct ByMethod { method: &'static str }
 }
 
 crate::label_set! {
     /// Labels of the transports' unobserved-connection counters.
-    pub(crate) struct ByCause<'a> { cause: &'a str }
+    pub(crate) struct ByCause { cause: wire::UnobservedCause }
 }
 
 crate::label_set! {
     /// Labels of `pullwatch_cri_tap_partial_calls_total`.
-    pub(crate) struct ByPart<'a> { part: &'a str }
+    pub(crate) struct ByPart { part: Part }
 }
 
 /// The CRI call families every transport's observations count in.
 #[derive(Clone)]
-pub struct CallMetrics {
-    pub(crate) requests: CounterFamily<MethodCode<'static>>,
-    pub(crate) duration: HistogramFamily<ByMethod<'static>>,
+pub(crate) struct CallMetrics {
+    pub(crate) requests: CounterFamily<MethodCode>,
+    pub(crate) duration: HistogramFamily<ByMethod>,
 }
 
 impl CallMetrics {
     /// Registers the CRI call families in `reg`.
-    pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
+    pub(crate) fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
-            requests: CounterFamily::register(reg, "pullwatch_cri_requests_total")?,
+            requests: CounterFamily::register(
+                reg,
+                crate::family_name!("pullwatch_cri_requests_total"),
+            )?,
             duration: HistogramFamily::register(
                 reg,
-                "pullwatch_cri_request_duration_seconds",
+                crate::family_name!("pullwatch_cri_request_duration_seconds"),
                 &CRI_BUCKETS,
             )?,
         })
@@ -69,7 +107,7 @@ impl CallMetrics {
 /// Where one transport's observations go: attempts to the recorder (as `source`), calls to the
 /// shared call families, connections it stops observing to its own counter, what it cannot
 /// decode to its source's health series.
-pub struct Recording {
+pub(crate) struct Recording {
     /// The attempt pipeline.
     pub(crate) recorder: Arc<Recorder>,
     /// The source attempts are recorded as.
@@ -77,12 +115,12 @@ pub struct Recording {
     /// CRI calls by method and code, and their durations.
     pub(crate) calls: CallMetrics,
     /// The transport's count of connections it stopped observing, by cause.
-    pub(crate) unobserved: CounterFamily<ByCause<'static>>,
+    pub(crate) unobserved: CounterFamily<ByCause>,
     /// The transport's shared source series (decode errors).
     pub(crate) health: SourceHealth,
     /// The transport's count of calls it could read only in part (the tap's; the interposer
     /// sees every connection from its first byte and has none).
-    pub(crate) partial: Option<CounterFamily<ByPart<'static>>>,
+    pub(crate) partial: Option<CounterFamily<ByPart>>,
 }
 
 impl Recording {
@@ -92,7 +130,7 @@ impl Recording {
         recorder: Arc<Recorder>,
         source: Source,
         calls: CallMetrics,
-        unobserved: CounterFamily<ByCause<'static>>,
+        unobserved: CounterFamily<ByCause>,
         health: SourceHealth,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -110,9 +148,9 @@ impl Recording {
         recorder: Arc<Recorder>,
         source: Source,
         calls: CallMetrics,
-        unobserved: CounterFamily<ByCause<'static>>,
+        unobserved: CounterFamily<ByCause>,
         health: SourceHealth,
-        partial: CounterFamily<ByPart<'static>>,
+        partial: CounterFamily<ByPart>,
     ) -> Arc<Self> {
         Arc::new(Self {
             recorder,
@@ -136,9 +174,11 @@ impl Recording {
         let shared =
             crate::telemetry::health::SourceFamilies::register(&reg).expect("registering metrics");
         let calls = CallMetrics::register(&reg).expect("registering metrics");
-        let unobserved =
-            CounterFamily::register(&reg, "pullwatch_interposer_unobserved_connections_total")
-                .expect("registering metrics");
+        let unobserved = CounterFamily::register(
+            &reg,
+            crate::family_name!("pullwatch_interposer_unobserved_connections_total"),
+        )
+        .expect("registering metrics");
         let recording = Self::new(
             Arc::new(recorder),
             Source::CriProxy,

@@ -11,19 +11,22 @@
 //! few headers pullwatch reads are materialized (the first of each, capped in length), and a
 //! header block that decodes to far more than it weighs (HPACK amplification) ends observation
 //! as `cost`. Its buffers (the frame being collected, the header block being assembled) are
-//! held from the connection's memory [`Share`].
+//! held from the connection's memory [`Share`]. The fields it reads are a [`Head`]; why it
+//! stops, an [`Unobservable`].
 
 use crate::observe::budget::{Lease, Share};
+pub(crate) use crate::observe::head::{Head, StatusByOrder};
 use crate::observe::hpack::{Decoder, HpackError};
+pub(crate) use crate::observe::unobservable::{Unobservable, UnobservedCause};
 use std::sync::Arc;
 
 /// The client connection preface (RFC 9113 §3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Frame header length.
 const FRAME_HEADER_LEN: usize = 9;
 /// Largest header block (HEADERS/PUSH_PROMISE plus CONTINUATIONs) buffered for decoding. grpc-go
 /// and containerd send a few hundred bytes; a larger block ends observation, never the call.
-pub const MAX_HEADER_BLOCK: usize = 256 << 10;
+pub(crate) const MAX_HEADER_BLOCK: usize = 256 << 10;
 /// The decoded size (RFC 9113 §6.5.2: name + value + 32 per field) a header block may reach:
 /// [`LIST_PER_BYTE`] times its own size, at least [`LIST_FLOOR`], at most [`LIST_MAX`]. kubelet's
 /// blocks decode to about 20 times their size; one-byte references to a long table entry, an
@@ -32,18 +35,7 @@ const LIST_PER_BYTE: usize = 128;
 const LIST_FLOOR: usize = 16 << 10;
 const LIST_MAX: usize = 1 << 20;
 /// Largest HPACK dynamic table the observer keeps per direction (peers default to 4 KiB).
-pub const MAX_HPACK_TABLE: usize = 64 << 10;
-/// Longest value kept of `grpc-message` (a runtime's error can be long; it is cut, not refused).
-const MAX_MESSAGE: usize = 16 << 10;
-/// Longest `:path` that can be a CRI method (the longest is under 60 bytes); a longer one is no
-/// CRI call and is not materialized.
-const MAX_PATH: usize = 128;
-/// Longest `grpc-timeout` (at most 8 digits and a unit), `grpc-status` and W3C `traceparent`
-/// (55 characters) worth reading; longer values are malformed and dropped.
-const MAX_TIMEOUT: usize = 16;
-const MAX_STATUS: usize = 8;
-const MAX_TRACEPARENT: usize = 64;
-
+pub(crate) const MAX_HPACK_TABLE: usize = 64 << 10;
 /// Frame types and flags (RFC 9113 §6).
 pub(crate) const DATA: u8 = 0x0;
 pub(crate) const HEADERS: u8 = 0x1;
@@ -60,179 +52,16 @@ pub(crate) const PRIORITY: u8 = 0x20;
 
 /// Who sent the bytes of a direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The caller (kubelet, crictl, ...): the HTTP/2 client.
     Caller,
     /// The container runtime: the HTTP/2 server.
     Runtime,
 }
 
-/// The header fields of one block that pullwatch reads; all others are decoded (for the HPACK
-/// table) and dropped. Only the first occurrence of each is kept, each bounded in length.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Head {
-    /// `:path` (requests); `None` if absent or longer than any CRI method.
-    pub path: Option<String>,
-    /// `:status` (responses).
-    pub status: Option<u16>,
-    /// `grpc-timeout` (requests).
-    pub grpc_timeout: Option<String>,
-    /// `traceparent` (requests; W3C trace context, sent by kubelet when its tracing is on).
-    pub traceparent: Option<String>,
-    /// `grpc-status` (responses and trailers).
-    pub grpc_status: Option<String>,
-    /// `grpc-message`, still percent-encoded, cut at 16 KiB.
-    pub grpc_message: Option<Vec<u8>>,
-    /// The block's first fields in order ([`MAX_ORDER`]), each by the name pullwatch knows it
-    /// by, or unnamed (with its value, cut at 16 KiB, when known) where the decoder joined the
-    /// connection too late to know the name: what is left to read a gRPC status by its place
-    /// ([`Head::status_by_order`]).
-    pub order: Vec<Slot>,
-    /// Which of the fields above were seen (a repeat is ignored, never copied again).
-    seen: u8,
-}
-
-/// Fields kept in [`Head::order`].
-pub const MAX_ORDER: usize = 8;
-
-/// One field of a header block, as far as its name is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Slot {
-    /// A field pullwatch knows by this name.
-    Named(Field),
-    /// A field whose name the decoder could not know; its value when it could.
-    Unnamed(Option<Vec<u8>>),
-}
-
-/// The names [`Head::order`] tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    /// `:path`.
-    Path,
-    /// `:status`.
-    Status,
-    /// `content-type`.
-    ContentType,
-    /// `grpc-status`.
-    GrpcStatus,
-    /// `grpc-message`.
-    GrpcMessage,
-    /// Any other.
-    Other,
-}
-
-/// The gRPC status of a stream-ending block whose names were partly unknown, read by the
-/// place gRPC's HTTP/2 protocol gives each field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusByOrder {
-    /// `grpc-status`, if its value was known.
-    pub code: Option<String>,
-    /// `grpc-message` (percent-encoded), if its value was known.
-    pub message: Option<Vec<u8>>,
-}
-
-impl Head {
-    fn field(&mut self, name: Option<&[u8]>, value: Option<&[u8]>) {
-        let Some(name) = name else {
-            if self.order.len() < MAX_ORDER {
-                let v = value.map(|v| v[..v.len().min(MAX_MESSAGE)].to_vec());
-                self.order.push(Slot::Unnamed(v));
-            }
-            return;
-        };
-        let (bit, which) = match name {
-            b":path" => (1, Field::Path),
-            b":status" => (2, Field::Status),
-            b"grpc-timeout" => (4, Field::Other),
-            b"traceparent" => (8, Field::Other),
-            b"grpc-status" => (16, Field::GrpcStatus),
-            b"grpc-message" => (32, Field::GrpcMessage),
-            b"content-type" => (0, Field::ContentType),
-            _ => (0, Field::Other),
-        };
-        if self.order.len() < MAX_ORDER {
-            self.order.push(Slot::Named(which));
-        }
-        let Some(value) = value else { return };
-        if bit == 0 || self.seen & bit != 0 {
-            return;
-        }
-        self.seen |= bit;
-        let text =
-            |max: usize| (value.len() <= max).then(|| String::from_utf8_lossy(value).into_owned());
-        match bit {
-            1 => self.path = text(MAX_PATH),
-            2 => {
-                self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
-            }
-            4 => self.grpc_timeout = text(MAX_TIMEOUT),
-            8 => self.traceparent = text(MAX_TRACEPARENT),
-            16 => self.grpc_status = text(MAX_STATUS),
-            _ => self.grpc_message = Some(value[..value.len().min(MAX_MESSAGE)].to_vec()),
-        }
-    }
-
-    /// Whether some field's name could not be known (the decoder joined late).
-    pub fn has_unnamed(&self) -> bool {
-        self.order.iter().any(|s| matches!(s, Slot::Unnamed(_)))
-    }
-
-    /// Whether a request's `:path` may be among the fields whose name could not be known.
-    pub fn path_unreadable(&self) -> bool {
-        self.path.is_none() && self.has_unnamed() && !self.order.contains(&Slot::Named(Field::Path))
-    }
-
-    /// The gRPC status and message of a stream-ending block from a grpc server whose names
-    /// were partly unknown, by place: gRPC over HTTP/2 sends `grpc-status`, then
-    /// `grpc-message`, first in trailers, after `:status` and `content-type` in a
-    /// Trailers-Only response (`trailers_only`). `None` when the block does not have that
-    /// shape (a known name out of place, a status value that is not a gRPC code, a message
-    /// that is not percent-encoded text), or when nothing was unknown (read the fields).
-    pub fn status_by_order(&self, trailers_only: bool) -> Option<StatusByOrder> {
-        if !self.has_unnamed() {
-            return None;
-        }
-        let mut slots = self.order.iter();
-        if trailers_only {
-            // `:status` is always the static table's; `content-type` may be an unknown entry.
-            if slots.next() != Some(&Slot::Named(Field::Status)) {
-                return None;
-            }
-            match slots.next()? {
-                Slot::Named(Field::ContentType) | Slot::Unnamed(_) => {}
-                Slot::Named(_) => return None,
-            }
-        }
-        let code = match slots.next()? {
-            Slot::Named(Field::GrpcStatus) => self.grpc_status.clone(),
-            Slot::Unnamed(Some(v)) => {
-                let code = std::str::from_utf8(v).ok()?;
-                code.parse::<u8>().ok().filter(|c| *c <= 16)?;
-                Some(code.to_string())
-            }
-            Slot::Unnamed(None) => None,
-            Slot::Named(_) => return None,
-        };
-        let message = match slots.next() {
-            None => None,
-            Some(Slot::Named(Field::GrpcMessage)) => self.grpc_message.clone(),
-            Some(Slot::Unnamed(Some(v))) => {
-                let text = v.iter().all(|b| (0x20..0x7f).contains(b));
-                if !text {
-                    return None;
-                }
-                Some(v.clone())
-            }
-            Some(Slot::Unnamed(None)) => None,
-            Some(Slot::Named(_)) => return None,
-        };
-        Some(StatusByOrder { code, message })
-    }
-}
-
 /// What one direction says, in order.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event<'a> {
+pub(crate) enum Event<'a> {
     /// A complete header block (HEADERS plus CONTINUATIONs).
     Headers {
         /// Stream.
@@ -266,52 +95,6 @@ pub enum Event<'a> {
         /// HTTP/2 error code.
         code: u32,
     },
-}
-
-/// Why a connection cannot be observed (it is still relayed, unchanged).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unobservable {
-    /// The caller did not open with the HTTP/2 preface.
-    #[error("the caller did not send the HTTP/2 connection preface")]
-    NotHttp2,
-    /// A frame or frame sequence the observer does not understand.
-    #[error("HTTP/2 frames not understood: {0}")]
-    Protocol(&'static str),
-    /// A header block that does not decode against the observer's HPACK table.
-    #[error("HPACK decoding failed: {0}")]
-    Hpack(String),
-    /// The observer's memory or stream limits.
-    #[error("over the observer's limits: {0}")]
-    Limit(&'static str),
-    /// A header block that decodes to far more than it weighs (HPACK amplification).
-    #[error("a header block too costly to decode: {0}")]
-    Cost(String),
-    /// The observer fell behind the connection by more than its queue holds.
-    #[error("the observer fell behind the connection")]
-    Backlog,
-    /// Bytes of the connection were lost before the observer saw them (the tap's ring was full,
-    /// a syscall too large to copy).
-    #[error("bytes were lost before the observer saw them")]
-    Gap,
-    /// The observer itself failed (a bug: it panicked); the relay is not affected.
-    #[error("the observer failed: {0}")]
-    Internal(String),
-}
-
-impl Unobservable {
-    /// The bounded `cause` label.
-    pub fn cause(&self) -> &'static str {
-        match self {
-            Unobservable::NotHttp2 => "not_http2",
-            Unobservable::Protocol(_) => "protocol",
-            Unobservable::Hpack(_) => "hpack",
-            Unobservable::Limit(_) => "limit",
-            Unobservable::Cost(_) => "cost",
-            Unobservable::Backlog => "backlog",
-            Unobservable::Gap => "gap",
-            Unobservable::Internal(_) => "internal",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -380,7 +163,7 @@ struct Block {
 }
 
 /// One direction's reader.
-pub struct Reader {
+pub(crate) struct Reader {
     state: State,
     seen_settings: bool,
     hpack: Decoder,
@@ -393,7 +176,7 @@ pub struct Reader {
 impl Reader {
     /// A reader for the bytes `side` sends, from the first byte of the connection; its buffers
     /// are held from `share`.
-    pub fn new(side: Side, share: &Arc<Share>) -> Self {
+    pub(crate) fn new(side: Side, share: &Arc<Share>) -> Self {
         let hpack = Decoder::new(MAX_HPACK_TABLE);
         Self {
             state: match side {
@@ -414,7 +197,7 @@ impl Reader {
     /// A reader for the bytes `side` sends on a connection already under way: it hunts for a
     /// frame boundary ([`Reader::feed_piece`]) and decodes header blocks with a late-joining
     /// HPACK decoder ([`Decoder::joining`]).
-    pub fn joining(side: Side, share: &Arc<Share>) -> Self {
+    pub(crate) fn joining(side: Side, share: &Arc<Share>) -> Self {
         Self {
             state: State::Hunt,
             seen_settings: true,
@@ -424,19 +207,14 @@ impl Reader {
     }
 
     /// Whether the reader is looking for a frame boundary.
-    pub fn is_hunting(&self) -> bool {
+    pub(crate) fn is_hunting(&self) -> bool {
         matches!(self.state, State::Hunt)
-    }
-
-    /// Whether its HPACK decoder knows every entry the sender may refer to.
-    pub fn is_exact(&self) -> bool {
-        self.hpack.is_exact()
     }
 
     /// Bytes of this direction were lost: what was being read is dropped, the HPACK table is
     /// unknown again (the lost bytes may have changed it), and the reader hunts for a frame
     /// boundary.
-    pub fn lost(&mut self) {
+    pub(crate) fn lost(&mut self) {
         self.state = State::Hunt;
         self.seen_settings = true;
         self.hpack = Decoder::joining(MAX_HPACK_TABLE);
@@ -449,7 +227,7 @@ impl Reader {
     /// while hunting, a piece made of whole, plausible frames ([`starts_at_frame`]) proves a
     /// frame boundary, and reading resumes with it; any other piece is skipped. Otherwise the
     /// same as [`Reader::feed`].
-    pub fn feed_piece(
+    pub(crate) fn feed_piece(
         &mut self,
         piece: &[u8],
         on: &mut impl FnMut(Event<'_>),
@@ -480,7 +258,7 @@ impl Reader {
     }
 
     /// Reads `bytes`, calling `on` for each event. After an error the reader ignores all input.
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         mut bytes: &[u8],
         on: &mut impl FnMut(Event<'_>),
@@ -786,7 +564,7 @@ impl Reader {
 /// its type has; a header block must end before another frame starts. A piece in the middle of
 /// a frame passes all that by chance about once in millions; if it does, what follows fails
 /// to parse and the reader hunts again.
-pub fn starts_at_frame(piece: &[u8]) -> bool {
+pub(crate) fn starts_at_frame(piece: &[u8]) -> bool {
     /// Largest frame without a SETTINGS that raised it (grpc-go and containerd keep it).
     const MAX_FRAME: usize = 16_384;
     let mut rest = piece;
@@ -842,7 +620,7 @@ pub fn starts_at_frame(piece: &[u8]) -> bool {
 }
 
 /// The decoded size a header block of `len` bytes may reach before it is given up as `cost`.
-pub fn list_limit(len: usize) -> usize {
+pub(crate) fn list_limit(len: usize) -> usize {
     len.saturating_mul(LIST_PER_BYTE)
         .clamp(LIST_FLOOR, LIST_MAX)
 }

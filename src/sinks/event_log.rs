@@ -8,15 +8,15 @@
 //! and `cause_from` (`trailers`, `trailer_order`, or `unreadable` with reason `unknown`).
 
 use crate::core::anatomy::{Anatomy, Phase};
-use crate::core::attempt::{Outcome, PullAttempt};
+use crate::core::attempt::{AttemptResult, Outcome, PullAttempt};
 use crate::grpc::status::code_name;
 use std::time::UNIX_EPOCH;
 
 /// Target of pull events, for filtering (`RUST_LOG=pullwatch::pull=info`).
-pub const TARGET: &str = "pullwatch::pull";
+pub(crate) const TARGET: &str = "pullwatch::pull";
 
 /// Emits `attempt` (with its anatomy, when known) as one event.
-pub fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
+pub(crate) fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
     let phase = |p: Phase| anatomy.and_then(|a| a.phase(p));
     let (queue_seconds, resolve_seconds, download_seconds, unpack_seconds) = (
         phase(Phase::Queue),
@@ -52,64 +52,98 @@ pub fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
         .readout
         .and_then(|r| r.cause_from)
         .map(crate::core::attempt::CauseFrom::as_str);
-    match &attempt.outcome {
-        Outcome::Success { image_ref } => tracing::info!(
-            target: TARGET,
-            event = "image_pull",
-            result = "success",
-            source = attempt.source.as_str(),
-            estimated = attempt.source.is_estimated(),
-            image = %attempt.image,
-            registry = attempt.registry(),
-            repository,
-            namespace,
-            pod,
-            pod_uid,
-            started_unix_ms,
-            duration_seconds,
-            trace_id,
-            span_id,
-            credentials,
-            method_from,
-            queue_seconds,
-            resolve_seconds,
-            download_seconds,
-            unpack_seconds,
-            downloaded_bytes,
-            cached_bytes,
-            layers_downloaded,
-            layers_cached,
-            image_ref = %image_ref,
-            "image pull succeeded"
-        ),
+    let result = attempt.outcome.result();
+    let (image_ref, reason, grpc_code, error) = match &attempt.outcome {
+        Outcome::Success { image_ref } => (Some(image_ref.as_str()), None, None, None),
         Outcome::Failure {
             code,
             message,
             reason,
-        } => tracing::warn!(
-            target: TARGET,
-            event = "image_pull",
-            result = "failure",
-            source = attempt.source.as_str(),
-            estimated = attempt.source.is_estimated(),
-            image = %attempt.image,
-            registry = attempt.registry(),
-            repository,
-            namespace,
-            pod,
-            pod_uid,
-            started_unix_ms,
-            duration_seconds,
-            trace_id,
-            span_id,
-            credentials,
-            method_from,
-            cause_from,
-            hint = reason.case_hint(credentials),
-            reason = reason.as_str(),
-            grpc_code = code_name(*code),
-            error = %message,
-            "image pull failed"
+        } => (
+            None,
+            Some(*reason),
+            Some(code_name(*code)),
+            Some(message.as_str()),
         ),
+    };
+    let hint = reason.and_then(|r| r.case_hint(credentials));
+    let cause_from = cause_from.filter(|_| reason.is_some());
+    // One field list for both levels (a level must be a constant in `tracing::event!`).
+    macro_rules! pull_event {
+        ($level:expr, $message:literal) => {
+            tracing::event!(
+                target: TARGET,
+                $level,
+                event = "image_pull",
+                result = result.as_str(),
+                source = attempt.source.as_str(),
+                estimated = attempt.source.is_estimated(),
+                image = %attempt.image,
+                registry = attempt.registry(),
+                repository,
+                namespace,
+                pod,
+                pod_uid,
+                started_unix_ms,
+                duration_seconds,
+                trace_id,
+                span_id,
+                credentials,
+                method_from,
+                cause_from,
+                queue_seconds,
+                resolve_seconds,
+                download_seconds,
+                unpack_seconds,
+                downloaded_bytes,
+                cached_bytes,
+                layers_downloaded,
+                layers_cached,
+                image_ref,
+                hint,
+                reason = reason.map(|r| r.as_str()),
+                grpc_code,
+                error,
+                $message
+            )
+        };
     }
+    match result {
+        AttemptResult::Success => pull_event!(tracing::Level::INFO, "image pull succeeded"),
+        AttemptResult::Failure => pull_event!(tracing::Level::WARN, "image pull failed"),
+    }
+}
+
+/// A download that has not moved for the stall window, with what is known of its origin.
+pub(crate) struct Stalled<'a> {
+    /// containerd's ingest reference.
+    pub(crate) ingest: &'a str,
+    /// The `registry` label value of its origin (`unknown` when not attributed).
+    pub(crate) registry: &'a str,
+    /// Its repository, if attributed.
+    pub(crate) repository: &'a str,
+    /// Bytes received.
+    pub(crate) offset: u64,
+    /// Bytes expected.
+    pub(crate) total: u64,
+    /// How long it has not moved.
+    pub(crate) idle: std::time::Duration,
+    /// The source that saw it.
+    pub(crate) source: &'static str,
+}
+
+/// Emits a stalled download as one event.
+pub(crate) fn stalled(s: &Stalled<'_>) {
+    tracing::warn!(
+        target: TARGET,
+        event = "download_stalled",
+        source = s.source,
+        ingest = s.ingest,
+        registry = s.registry,
+        repository = s.repository,
+        offset = s.offset,
+        total = s.total,
+        idle_seconds = s.idle.as_secs_f64(),
+        "image download stalled"
+    );
 }

@@ -18,7 +18,7 @@ pub struct ImagePullCounts {
 }
 
 /// The family's name, a public API listed in [`super::metrics::FAMILIES`].
-pub const NAME: &str = "pullwatch_image_pulls_by_image_total";
+pub(crate) const NAME: &str = "pullwatch_image_pulls_by_image_total";
 
 impl ImagePullCounts {
     /// Counts one finished attempt of `image` (already capped by the caller).

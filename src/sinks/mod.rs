@@ -1,7 +1,7 @@
 //! Where attempts go besides the metric families (`telemetry/`): the JSON event log, the
 //! by-image family kept outside the registry, the pulls view and the Events on pods.
 
-pub mod event_log;
-pub mod image_counts;
-pub mod pod_events;
-pub mod pulls;
+pub(crate) mod event_log;
+pub(crate) mod image_counts;
+pub(crate) mod pod_events;
+pub(crate) mod pulls;

@@ -8,22 +8,22 @@
 //! observers never wait for it), every write takes a token from a node-wide bucket, writes over
 //! budget are dropped and counted, and a failing API server pauses writing, not observing.
 
-use crate::core::attempt::PodRef;
-use crate::telemetry::{CounterFamily, MetricsError, MetricsRegistry};
+use crate::core::attempt::{AttemptResult, PodRef};
 use crate::sinks::pulls::{Finished, InProgress, PullsView, human_bytes, human_duration};
+use crate::telemetry::{CounterFamily, MetricsError, MetricsRegistry};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Progress updates of one pull are at least this far apart.
-pub const UPDATE_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const UPDATE_EVERY: Duration = Duration::from_secs(10);
 /// Node-wide budget: writes per second, and the burst.
-pub const RATE_PER_SEC: f64 = 5.0;
+pub(crate) const RATE_PER_SEC: f64 = 5.0;
 /// Node-wide budget: the bucket's size.
-pub const BURST: f64 = 20.0;
+pub(crate) const BURST: f64 = 20.0;
 /// One API call may take this long.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// After a failed write, the next one waits this long (the API server is down or shedding).
@@ -33,7 +33,7 @@ const FAILURES_QUEUED: usize = 64;
 /// Longest message written (kubelet cuts its event messages to 1 KiB too).
 const MESSAGE_MAX: usize = 1024;
 /// Reporting component of every Event.
-pub const COMPONENT: &str = "pullwatch";
+pub(crate) const COMPONENT: &str = "pullwatch";
 
 /// Flags of the pod events.
 #[derive(Debug, clap::Args)]
@@ -58,40 +58,68 @@ pub struct PodEventsArgs {
 
 /// Settings of the pod events.
 #[derive(Debug, Clone)]
-pub struct PodEventsConfig {
+pub(crate) struct PodEventsConfig {
     /// A pull gets a PullProgress Event after running this long.
     pub after: Duration,
     /// This node's name (the Events' reporting instance).
     pub node: String,
 }
 
+crate::label_enum! {
+    /// The Events pullwatch writes on a pod: the Event's `reason` and the metric's label.
+    #[allow(clippy::enum_variant_names)]
+    pub(crate) enum EventReason {
+        /// A pull running for a while, with its progress.
+        PullProgress => "PullProgress",
+        /// A pull whose downloads stopped moving.
+        PullStalled => "PullStalled",
+        /// A failed attempt, its cause and fix.
+        PullFailed => "PullFailed",
+    }
+}
+
+crate::label_enum! {
+    /// What became of an Event pullwatch meant to write.
+    pub(crate) enum WriteResult {
+        /// Written (created or updated).
+        Written => "written",
+        /// Not written: over the write budget, or paused after a failure.
+        Dropped => "dropped",
+        /// The API refused it or did not answer.
+        Failed => "failed",
+    }
+}
+
 crate::label_set! {
     /// Labels of `pullwatch_pod_events_total`.
-    pub(crate) struct ReasonResult<'a> { reason: &'a str, result: &'a str }
+    pub(crate) struct ReasonResult { reason: EventReason, result: WriteResult }
 }
 
 /// The pod events' family.
 #[derive(Clone)]
-pub struct PodEventsMetrics {
-    events: CounterFamily<ReasonResult<'static>>,
+pub(crate) struct PodEventsMetrics {
+    events: CounterFamily<ReasonResult>,
 }
 
 impl PodEventsMetrics {
     /// Registers `pullwatch_pod_events_total` in `reg`.
-    pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
+    pub(crate) fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
-            events: CounterFamily::register(reg, "pullwatch_pod_events_total")?,
+            events: CounterFamily::register(
+                reg,
+                crate::family_name!("pullwatch_pod_events_total"),
+            )?,
         })
     }
 
-    fn count(&self, reason: &str, result: &str) {
+    fn count(&self, reason: EventReason, result: WriteResult) {
         self.events.inc(&ReasonResult { reason, result });
     }
 }
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -100,7 +128,7 @@ pub struct Budget {
 
 impl Budget {
     /// A full bucket.
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
         Self {
             rate,
             burst,
@@ -110,7 +138,7 @@ impl Budget {
     }
 
     /// Takes a token if one is there.
-    pub fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + dt * self.rate).min(self.burst);
         self.at = now;
@@ -136,13 +164,13 @@ struct Written {
 /// What one Event says.
 struct Note<'a> {
     pod: &'a PodRef,
-    reason: &'static str,
+    reason: EventReason,
     warning: bool,
     message: String,
 }
 
 /// The writer task's state.
-pub struct PodEvents {
+pub(crate) struct PodEvents {
     client: kube::Client,
     view: Arc<PullsView>,
     config: PodEventsConfig,
@@ -164,7 +192,7 @@ fn cut(mut s: String) -> String {
 }
 
 /// The PullProgress message of a pull in progress.
-pub fn progress_message(p: &InProgress) -> String {
+pub(crate) fn progress_message(p: &InProgress) -> String {
     cut(format!(
         "pullwatch: {} ({}) — {} after {}",
         p.image,
@@ -175,7 +203,7 @@ pub fn progress_message(p: &InProgress) -> String {
 }
 
 /// The PullStalled message of a pull whose downloads stopped.
-pub fn stalled_message(p: &InProgress, idle: Duration) -> String {
+pub(crate) fn stalled_message(p: &InProgress, idle: Duration) -> String {
     cut(format!(
         "pullwatch: {} — no bytes from {} for {} after {} received; containerd cancels a pull whose downloads make no progress for its image_pull_progress_timeout (5 min by default), then kubelet retries with backoff",
         p.image,
@@ -187,12 +215,12 @@ pub fn stalled_message(p: &InProgress, idle: Duration) -> String {
 
 /// The PullFailed message of a failed attempt: reason, the runtime's error around its cause,
 /// then the fix hint (the same text `pullwatch explain` gives), cut to 1 KiB.
-pub fn failed_message(f: &Finished) -> String {
+pub(crate) fn failed_message(f: &Finished) -> String {
     let error = crate::core::classifier::around_cause(f.error.as_deref().unwrap_or(""), 300);
     cut(format!(
         "pullwatch: {} failed: {}: {} — fix: {}",
         f.image,
-        f.reason.as_deref().unwrap_or("unknown"),
+        f.reason.unwrap_or(crate::core::reason::Reason::Unknown),
         error,
         f.hint.as_deref().unwrap_or("")
     ))
@@ -200,7 +228,7 @@ pub fn failed_message(f: &Finished) -> String {
 
 impl PodEvents {
     /// A writer for `view`'s pulls, writing through `client`.
-    pub fn new(
+    pub(crate) fn new(
         client: kube::Client,
         view: Arc<PullsView>,
         config: PodEventsConfig,
@@ -222,7 +250,7 @@ impl PodEvents {
     }
 
     /// Writes until `stop` flips, looking at the view once a second.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, stop: CancellationToken) {
         // Attempts that ended before the writer started are history, not news.
         self.seen_finished = self.view.snapshot().finished.first().map_or(0, |f| f.seq);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -230,7 +258,7 @@ impl PodEvents {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
             }
             self.round().await;
         }
@@ -243,10 +271,10 @@ impl PodEvents {
     }
 
     /// [`Self::can_write`], counting a write that cannot go as dropped.
-    fn may_write(&mut self, reason: &str) -> bool {
+    fn may_write(&mut self, reason: EventReason) -> bool {
         let ok = self.can_write();
         if !ok {
-            self.metrics.count(reason, "dropped");
+            self.metrics.count(reason, WriteResult::Dropped);
         }
         ok
     }
@@ -259,7 +287,7 @@ impl PodEvents {
             .finished
             .iter()
             .take_while(|f| f.seq > seen)
-            .filter(|f| f.result == "failure")
+            .filter(|f| f.result == AttemptResult::Failure)
             .collect();
         // More attempts finished between two looks than the view keeps: failures among them
         // got no Event. Which ones were failures is not known any more: said, not counted.
@@ -279,7 +307,8 @@ impl PodEvents {
             }
             if self.failures.len() >= FAILURES_QUEUED {
                 self.failures.pop_front();
-                self.metrics.count("PullFailed", "dropped");
+                self.metrics
+                    .count(EventReason::PullFailed, WriteResult::Dropped);
             }
             self.failures.push_back(f.clone());
         }
@@ -291,7 +320,7 @@ impl PodEvents {
             let Some(pod) = &f.pod else { continue };
             let note = Note {
                 pod,
-                reason: "PullFailed",
+                reason: EventReason::PullFailed,
                 warning: true,
                 message: failed_message(&f),
             };
@@ -311,13 +340,13 @@ impl PodEvents {
             }
             if let Some(since) = p.stalled_since_unix_ms
                 && !self.stalled.contains(&p.id)
-                && self.may_write("PullStalled")
+                && self.may_write(EventReason::PullStalled)
             {
                 let since = SystemTime::UNIX_EPOCH + Duration::from_millis(since);
                 let idle = SystemTime::now().duration_since(since).unwrap_or_default();
                 let note = Note {
                     pod,
-                    reason: "PullStalled",
+                    reason: EventReason::PullStalled,
                     warning: true,
                     message: stalled_message(p, idle),
                 };
@@ -328,10 +357,10 @@ impl PodEvents {
             let message = progress_message(p);
             match self.progress.get(&p.id) {
                 None => {
-                    if self.may_write("PullProgress") {
+                    if self.may_write(EventReason::PullProgress) {
                         let note = Note {
                             pod,
-                            reason: "PullProgress",
+                            reason: EventReason::PullProgress,
                             warning: false,
                             message: message.clone(),
                         };
@@ -341,7 +370,7 @@ impl PodEvents {
                     }
                 }
                 Some(w) if w.at.elapsed() >= UPDATE_EVERY && w.message != message => {
-                    if self.may_write("PullProgress") {
+                    if self.may_write(EventReason::PullProgress) {
                         self.update(p.id, message).await;
                     }
                 }
@@ -350,10 +379,10 @@ impl PodEvents {
         }
     }
 
-    fn failed(&mut self, reason: &str, e: &dyn std::fmt::Display) {
-        self.metrics.count(reason, "failed");
+    fn failed(&mut self, reason: EventReason, e: &dyn std::fmt::Display) {
+        self.metrics.count(reason, WriteResult::Failed);
         self.paused_until = Some(Instant::now() + PAUSE_AFTER_FAILURE);
-        tracing::warn!(reason, error = %e, retry_in = ?PAUSE_AFTER_FAILURE, "writing a pod event failed; pausing pod events");
+        tracing::warn!(%reason, error = %e, retry_in = ?PAUSE_AFTER_FAILURE, "writing a pod event failed; pausing pod events");
     }
 
     /// Creates the Event; `None` if the API did not take it.
@@ -399,7 +428,7 @@ impl PodEvents {
         let api: Api<Event> = Api::namespaced(self.client.clone(), &note.pod.namespace);
         match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &event)).await {
             Ok(Ok(_)) => {
-                self.metrics.count(note.reason, "written");
+                self.metrics.count(note.reason, WriteResult::Written);
                 Some(Written {
                     namespace: note.pod.namespace.clone(),
                     name,
@@ -435,16 +464,17 @@ impl PodEvents {
         let call = api.patch(&name, &params, &patch);
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
             Ok(Ok(_)) => {
-                self.metrics.count("PullProgress", "written");
+                self.metrics
+                    .count(EventReason::PullProgress, WriteResult::Written);
                 if let Some(w) = self.progress.get_mut(&id) {
                     w.count = count;
                     w.at = Instant::now();
                     w.message = message;
                 }
             }
-            Ok(Err(e)) => self.failed("PullProgress", &crate::causes::Causes(&e)),
+            Ok(Err(e)) => self.failed(EventReason::PullProgress, &crate::causes::Causes(&e)),
             Err(_) => self.failed(
-                "PullProgress",
+                EventReason::PullProgress,
                 &format!("no answer within {CALL_TIMEOUT:?}"),
             ),
         }
@@ -452,7 +482,7 @@ impl PodEvents {
 }
 
 /// RFC 3339 in UTC, second precision (the `Time` of core/v1 Events).
-pub fn timestamp(t: SystemTime) -> String {
+pub(crate) fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 

@@ -4,7 +4,8 @@
 //! finished ones a ring of [`FINISHED_KEPT`]; download summaries per (registry host, repository)
 //! are replaced at each poll.
 
-use crate::core::attempt::{Outcome, PodRef, PullAttempt};
+use crate::core::attempt::{AttemptResult, Outcome, PodRef, PullAttempt};
+use crate::core::reason::Reason;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -13,52 +14,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Rate samples that must agree (within a factor of 2) before a time left is given.
 const RATE_SAMPLES: usize = 3;
 /// Finished attempts kept for `GET /pulls`.
-pub const FINISHED_KEPT: usize = 50;
+pub(crate) const FINISHED_KEPT: usize = 50;
 /// Live pulls tracked at most (beyond, new pulls are not shown; they are still counted).
 const LIVE_MAX: usize = 4096;
 /// Longest error text kept per finished attempt.
 const ERROR_MAX: usize = 1024;
-/// (registry host without port, repository): what containerd's download labels name.
-type RepoKey = (String, String);
-
-/// How far a pull of one image got, against its manifest.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ImageProgress {
-    /// Bytes of the image's blobs present or received (layers already in the store count).
-    pub done: u64,
-    /// Bytes of all of the image's blobs.
-    pub total: u64,
-    /// Layers present.
-    pub layers_done: u64,
-    /// Layers of the image.
-    pub layers_total: u64,
-}
-
-impl std::ops::AddAssign for ImageProgress {
-    fn add_assign(&mut self, o: Self) {
-        self.done += o.done;
-        self.total += o.total;
-        self.layers_done += o.layers_done;
-        self.layers_total += o.layers_total;
-    }
-}
-
-/// Downloads in flight for one repository, from one ingest poll.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Downloads {
-    /// Bytes received so far by downloads in flight.
-    pub bytes: u64,
-    /// Expected size of those downloads.
-    pub total: u64,
-    /// Downloads in flight.
-    pub count: u64,
-    /// Receive rate, bytes per second.
-    pub rate: f64,
-    /// Since when the oldest stalled download has not moved, if one is stalled.
-    pub stalled_since: Option<SystemTime>,
-    /// Against the image's manifest, once containerd has it.
-    pub image: Option<ImageProgress>,
-}
+pub(crate) use crate::core::progress::{Downloads, RepoKey};
 
 #[derive(Debug, Clone)]
 struct Live {
@@ -67,14 +28,27 @@ struct Live {
     registry: String,
     key: Option<RepoKey>,
     started: Instant,
-    started_at: SystemTime,
     /// Bytes this repository had committed when the pull started.
     committed_at_start: u64,
 }
 
+crate::label_enum! {
+    /// Where a pull in progress is, as the pulls view tells it.
+    pub(crate) enum LivePhase {
+        /// No download seen yet: resolving the manifest, authenticating.
+        Resolve => "resolve",
+        /// Downloads in flight.
+        Download => "download",
+        /// Downloads in flight that have not moved for the stall window.
+        Stalled => "stalled",
+        /// Downloads done: unpacking.
+        Unpack => "unpack",
+    }
+}
+
 /// One pull in progress, as `GET /pulls` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InProgress {
+pub(crate) struct InProgress {
     /// Stable while the pull runs (for updating the same pod Event).
     pub id: u64,
     /// The pod, if the caller named one.
@@ -83,8 +57,8 @@ pub struct InProgress {
     pub image: String,
     /// Registry label value (host:port).
     pub registry: String,
-    /// `resolve` (no download seen yet), `download`, `stalled`, or `unpack` (downloads done).
-    pub phase: String,
+    /// Where the pull is now.
+    pub phase: LivePhase,
     /// Seconds since the pull started.
     pub elapsed_seconds: f64,
     /// Bytes done: of the whole image (blobs already in the store count) once its manifest is
@@ -111,7 +85,7 @@ pub struct InProgress {
 
 /// One finished attempt, as `GET /pulls` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Finished {
+pub(crate) struct Finished {
     /// Its place in the order attempts finished (from 1), for readers that follow the view.
     pub seq: u64,
     /// The pod, if known.
@@ -120,10 +94,10 @@ pub struct Finished {
     pub image: String,
     /// Registry label value.
     pub registry: String,
-    /// `success` or `failure`.
-    pub result: String,
+    /// How it ended.
+    pub result: AttemptResult,
     /// Classified reason of a failure.
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     /// Its one-line fix hint (as `pullwatch explain` gives it).
     pub hint: Option<String>,
     /// The runtime's error (cut to 1 KiB).
@@ -136,7 +110,7 @@ pub struct Finished {
 
 /// What `GET /pulls` answers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Pulls in progress, oldest first.
     pub in_progress: Vec<InProgress>,
     /// The last finished attempts, newest first.
@@ -158,7 +132,7 @@ struct Inner {
 
 /// The view (shared by the recorder, the sources, the HTTP endpoint and the pod events).
 #[derive(Debug, Default)]
-pub struct PullsView(Mutex<Inner>);
+pub(crate) struct PullsView(Mutex<Inner>);
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -171,7 +145,7 @@ impl PullsView {
     }
 
     /// A pull started; `None` when too many are tracked. Call [`Self::ended`] with the id.
-    pub fn started(
+    pub(crate) fn started(
         &self,
         image: &str,
         registry: &str,
@@ -203,7 +177,6 @@ impl PullsView {
                 registry: registry.to_string(),
                 key,
                 started: Instant::now(),
-                started_at: SystemTime::now(),
                 committed_at_start,
             },
         );
@@ -211,7 +184,7 @@ impl PullsView {
     }
 
     /// The pull `id` is over (its attempt is recorded separately, see [`Self::finished`]).
-    pub fn ended(&self, id: u64) {
+    pub(crate) fn ended(&self, id: u64) {
         let mut inner = self.lock();
         inner.live.remove(&id);
         if inner.live.is_empty() {
@@ -221,7 +194,7 @@ impl PullsView {
     }
 
     /// Records a finished attempt of the attempt authority.
-    pub fn finished(&self, attempt: &PullAttempt) {
+    pub(crate) fn finished(&self, attempt: &PullAttempt) {
         let (reason, hint, error) = match &attempt.outcome {
             Outcome::Success { .. } => (None, None, None),
             Outcome::Failure {
@@ -232,11 +205,7 @@ impl PullsView {
                 let hint = reason
                     .case_hint(attempt.credentials)
                     .unwrap_or_else(|| reason.hint());
-                (
-                    Some(reason.as_str().to_string()),
-                    Some(hint.to_string()),
-                    Some(error),
-                )
+                (Some(*reason), Some(hint.to_string()), Some(error))
             }
         };
         let mut f = Finished {
@@ -244,7 +213,7 @@ impl PullsView {
             pod: attempt.pod.clone(),
             image: attempt.image.clone(),
             registry: attempt.registry().to_string(),
-            result: attempt.outcome.result_label().to_string(),
+            result: attempt.outcome.result(),
             reason,
             hint,
             error,
@@ -261,7 +230,7 @@ impl PullsView {
     }
 
     /// The containerd source's latest poll: downloads in flight per (host, repository).
-    pub fn set_downloads(&self, downloads: HashMap<RepoKey, Downloads>) {
+    pub(crate) fn set_downloads(&self, downloads: HashMap<RepoKey, Downloads>) {
         let mut inner = self.lock();
         inner.rates.retain(|k, _| downloads.contains_key(k));
         for (k, d) in &downloads {
@@ -275,7 +244,7 @@ impl PullsView {
     }
 
     /// A download from (host, repository) was committed with `bytes`.
-    pub fn committed(&self, host: &str, repository: &str, bytes: u64) {
+    pub(crate) fn committed(&self, host: &str, repository: &str, bytes: u64) {
         let mut inner = self.lock();
         if inner.live.is_empty() {
             return;
@@ -288,7 +257,7 @@ impl PullsView {
     }
 
     /// Pulls in progress and the last finished attempts, now.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let inner = self.lock();
         let now = Instant::now();
         let in_progress = inner
@@ -311,13 +280,13 @@ impl PullsView {
                     None => (committed + d.bytes, committed + d.total.max(d.bytes)),
                 };
                 let phase = if d.stalled_since.is_some() {
-                    "stalled"
+                    LivePhase::Stalled
                 } else if d.count > 0 {
-                    "download"
+                    LivePhase::Download
                 } else if bytes_done > 0 {
-                    "unpack"
+                    LivePhase::Unpack
                 } else {
-                    "resolve"
+                    LivePhase::Resolve
                 };
                 let steady = l
                     .key
@@ -336,7 +305,7 @@ impl PullsView {
                     pod: l.pod.clone(),
                     image: l.image.clone(),
                     registry: l.registry.clone(),
-                    phase: phase.to_string(),
+                    phase,
                     elapsed_seconds: now.saturating_duration_since(l.started).as_secs_f64(),
                     bytes_done,
                     bytes_total,
@@ -355,15 +324,10 @@ impl PullsView {
             finished: inner.finished.iter().cloned().collect(),
         }
     }
-
-    /// When pull `id` started, if it is still live.
-    pub fn started_at(&self, id: u64) -> Option<SystemTime> {
-        self.lock().live.get(&id).map(|l| l.started_at)
-    }
 }
 
 /// `bytes` for people: `340 MiB`, `1.2 GiB`.
-pub fn human_bytes(bytes: u64) -> String {
+pub(crate) fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
@@ -379,7 +343,7 @@ pub fn human_bytes(bytes: u64) -> String {
 }
 
 /// A duration for people: `35 s`, `4 min 10 s`.
-pub fn human_duration(d: Duration) -> String {
+pub(crate) fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     if s < 60 {
         format!("{s} s")
@@ -392,7 +356,7 @@ impl InProgress {
     /// One line saying how far the pull got: `340 MiB of 1.2 GiB (28 %), 25 MiB/s, about 35 s
     /// left; 3 of 7 layers done` (before the manifest is known: `of 12 MiB started`, and the
     /// downloads in flight).
-    pub fn progress_line(&self) -> String {
+    pub(crate) fn progress_line(&self) -> String {
         let mut s = human_bytes(self.bytes_done);
         if self.bytes_total > 0 {
             let pct = self.bytes_done as f64 * 100.0 / self.bytes_total as f64;
@@ -449,7 +413,7 @@ mod tests {
                 None,
             )
             .unwrap();
-        assert_eq!(v.snapshot().in_progress[0].phase, "resolve");
+        assert_eq!(v.snapshot().in_progress[0].phase, LivePhase::Resolve);
         v.committed("127.0.0.1", "team/app", 100);
         let key = ("127.0.0.1".to_string(), "team/app".to_string());
         let d = Downloads {
@@ -464,8 +428,8 @@ mod tests {
         let p = &v.snapshot().in_progress[0];
         assert_eq!((p.bytes_done, p.bytes_total, p.downloads), (400, 1100, 1));
         assert_eq!(
-            (p.phase.as_str(), p.eta_seconds),
-            ("download", None),
+            (p.phase, p.eta_seconds),
+            (LivePhase::Download, None),
             "not steady yet"
         );
         assert_eq!(
@@ -473,7 +437,7 @@ mod tests {
             "400 B of 1.1 KiB started (36 %), 100 B/s; 1 download in flight"
         );
         // Three agreeing rates, and the manifest known: the whole image, layers, time left.
-        let image = ImageProgress {
+        let image = crate::core::progress::ImageProgress {
             done: 500,
             total: 1500,
             layers_done: 1,
@@ -499,7 +463,7 @@ mod tests {
             ..Downloads::default()
         };
         v.set_downloads(HashMap::from([(key, stalled)]));
-        assert_eq!(v.snapshot().in_progress[0].phase, "stalled");
+        assert_eq!(v.snapshot().in_progress[0].phase, LivePhase::Stalled);
         v.ended(id);
         assert!(v.snapshot().in_progress.is_empty());
     }
@@ -528,7 +492,7 @@ mod tests {
             s.finished[0].image,
             format!("quay.io/a/b:{}", FINISHED_KEPT + 4)
         );
-        assert_eq!(s.finished[0].reason.as_deref(), Some("rate_limited"));
+        assert_eq!(s.finished[0].reason, Some(Reason::RateLimited));
         assert!(
             s.finished[0]
                 .hint

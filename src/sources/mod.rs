@@ -2,9 +2,9 @@
 //! tap, containerd, the runtime status poller, the Kubernetes API, and the registry rate-limit
 //! probe.
 
-pub mod containerd;
-pub mod cri_proxy;
-pub mod cri_tap;
-pub mod kube;
-pub mod ratelimit;
-pub mod runtime_status;
+pub(crate) mod containerd;
+pub(crate) mod cri_proxy;
+pub(crate) mod cri_tap;
+pub(crate) mod kube;
+pub(crate) mod ratelimit;
+pub(crate) mod runtime_status;

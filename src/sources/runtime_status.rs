@@ -8,14 +8,14 @@ use crate::cri::{
     FilesystemUsage, Image, ImageFsInfoRequest, ListImagesRequest, RuntimeCondition, StatusRequest,
     VersionRequest, VersionResponse,
 };
-use crate::telemetry::{GaugeFamily, MetricsError, MetricsRegistry};
 use crate::telemetry::health::{SourceFamilies, SourceHealth};
+use crate::telemetry::{GaugeFamily, MetricsError, MetricsRegistry};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Label value of this source in `pullwatch_runtime_up` and `pullwatch_source_errors_total`.
-pub const SOURCE: &str = "cri";
+pub(crate) const SOURCE: &str = "cri";
 
 /// Flags of the runtime status poller.
 #[derive(Debug, clap::Args)]
@@ -35,7 +35,7 @@ pub struct RuntimeStatusArgs {
 
 /// Settings of the poller.
 #[derive(Debug, Clone)]
-pub struct RuntimeStatusConfig {
+pub(crate) struct RuntimeStatusConfig {
     /// The runtime's CRI socket.
     pub socket: PathBuf,
     /// Time between polls.
@@ -43,11 +43,11 @@ pub struct RuntimeStatusConfig {
 }
 
 /// The shortest poll interval: each poll lists every image, which costs the runtime CPU.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RuntimeStatusConfig {
     /// The poller's settings for `runtime_socket`, or `None` when the interval is `0s`.
-    pub fn from_args(
+    pub(crate) fn from_args(
         args: &RuntimeStatusArgs,
         runtime_socket: &std::path::Path,
     ) -> Result<Option<Self>, crate::flags::ConfigError> {
@@ -70,7 +70,7 @@ impl RuntimeStatusConfig {
 
 /// Why one poll failed.
 #[derive(Debug, thiserror::Error)]
-pub enum PollError {
+pub(crate) enum PollError {
     /// Connecting failed.
     #[error(transparent)]
     Connect(#[from] crate::cri::client::ConnectError),
@@ -106,7 +106,7 @@ crate::label_set! {
 /// The poller's families: the runtime's identity, conditions and image inventory, and its
 /// series of the shared source families (`source="cri"`).
 #[derive(Clone)]
-pub struct RuntimeStatusMetrics {
+pub(crate) struct RuntimeStatusMetrics {
     info: GaugeFamily<RuntimeLabels<'static>>,
     condition: GaugeFamily<ByCondition<'static>>,
     images: GaugeFamily<()>,
@@ -118,9 +118,9 @@ pub struct RuntimeStatusMetrics {
 
 /// Series per family a poll exports at most, whatever the runtime reports: conditions beyond it
 /// are left out (with a warning), image filesystems beyond it are summed as `mountpoint="other"`.
-pub const MAX_REPORTED: usize = 32;
+pub(crate) const MAX_REPORTED: usize = 32;
 /// Longest label value taken from the runtime (names, versions, condition types, mountpoints).
-pub const MAX_LABEL_LEN: usize = 128;
+pub(crate) const MAX_LABEL_LEN: usize = 128;
 
 /// `value` cut to [`MAX_LABEL_LEN`] bytes.
 fn label(value: &str) -> String {
@@ -203,21 +203,36 @@ impl RuntimeStatusMetrics {
     }
 
     /// Registers the poller's families in `reg`; `shared` gives its `source="cri"` series.
-    pub fn register(reg: &MetricsRegistry, shared: &SourceFamilies) -> Result<Self, MetricsError> {
+    pub(crate) fn register(
+        reg: &MetricsRegistry,
+        shared: &SourceFamilies,
+    ) -> Result<Self, MetricsError> {
         Ok(Self {
-            info: GaugeFamily::register(reg, "pullwatch_runtime_info")?,
-            condition: GaugeFamily::register(reg, "pullwatch_runtime_condition")?,
-            images: GaugeFamily::register(reg, "pullwatch_images")?,
-            images_size: GaugeFamily::register(reg, "pullwatch_images_size_bytes")?,
-            fs_used: GaugeFamily::register(reg, "pullwatch_image_fs_used_bytes")?,
-            fs_inodes: GaugeFamily::register(reg, "pullwatch_image_fs_inodes_used")?,
+            info: GaugeFamily::register(reg, crate::family_name!("pullwatch_runtime_info"))?,
+            condition: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_runtime_condition"),
+            )?,
+            images: GaugeFamily::register(reg, crate::family_name!("pullwatch_images"))?,
+            images_size: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_images_size_bytes"),
+            )?,
+            fs_used: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_image_fs_used_bytes"),
+            )?,
+            fs_inodes: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_image_fs_inodes_used"),
+            )?,
             health: shared.health(SOURCE),
         })
     }
 }
 
 /// The poller.
-pub struct RuntimeStatusSource {
+pub(crate) struct RuntimeStatusSource {
     socket: PathBuf,
     interval: Duration,
     metrics: RuntimeStatusMetrics,
@@ -226,7 +241,7 @@ pub struct RuntimeStatusSource {
 
 impl RuntimeStatusSource {
     /// Polls the CRI socket of `config` every interval, into `metrics`.
-    pub fn new(config: RuntimeStatusConfig, metrics: RuntimeStatusMetrics) -> Self {
+    pub(crate) fn new(config: RuntimeStatusConfig, metrics: RuntimeStatusMetrics) -> Self {
         Self {
             socket: config.socket,
             interval: config.interval,
@@ -236,13 +251,13 @@ impl RuntimeStatusSource {
     }
 
     /// Runs until `shutdown` flips to true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = shutdown.cancelled() => return,
             }
             let result = self.poll().await;
             let health = &self.metrics.health;
@@ -260,7 +275,7 @@ impl RuntimeStatusSource {
     }
 
     /// One poll: every call must succeed for the runtime to count as up.
-    pub async fn poll(&mut self) -> Result<(), PollError> {
+    pub(crate) async fn poll(&mut self) -> Result<(), PollError> {
         let client = match &mut self.client {
             Some(c) => c,
             None => self

@@ -342,3 +342,43 @@ pub const FAMILIES: &[Family] = &[
 pub fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)
 }
+
+/// Whether two strings are equal, in a constant.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Whether [`FAMILIES`] lists `name` as `kind` with exactly `labels`, in order: evaluated at
+/// compile time for each family an owner registers ([`super::family::Def`]).
+pub(crate) const fn listed(name: &str, kind: Kind, labels: &[&str]) -> bool {
+    let mut i = 0;
+    while i < FAMILIES.len() {
+        let f = &FAMILIES[i];
+        if same(f.name, name) {
+            if f.kind as u8 != kind as u8 || f.labels.len() != labels.len() {
+                return false;
+            }
+            let mut j = 0;
+            while j < labels.len() {
+                if !same(f.labels[j], labels[j]) {
+                    return false;
+                }
+                j += 1;
+            }
+            return true;
+        }
+        i += 1;
+    }
+    false
+}

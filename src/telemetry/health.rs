@@ -18,7 +18,7 @@ crate::label_set! {
 
 /// The shared families, registered once.
 #[derive(Clone)]
-pub struct SourceFamilies {
+pub(crate) struct SourceFamilies {
     source_up: GaugeFamily<BySource<'static>>,
     up: GaugeFamily<BySource<'static>>,
     errors: CounterFamily<BySource<'static>>,
@@ -27,12 +27,18 @@ pub struct SourceFamilies {
 
 impl SourceFamilies {
     /// Registers the shared families in `reg`.
-    pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
+    pub(crate) fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
-            source_up: GaugeFamily::register(reg, "pullwatch_source_up")?,
-            up: GaugeFamily::register(reg, "pullwatch_runtime_up")?,
-            errors: CounterFamily::register(reg, "pullwatch_source_errors_total")?,
-            decode_errors: CounterFamily::register(reg, "pullwatch_decode_errors_total")?,
+            source_up: GaugeFamily::register(reg, crate::family_name!("pullwatch_source_up"))?,
+            up: GaugeFamily::register(reg, crate::family_name!("pullwatch_runtime_up"))?,
+            errors: CounterFamily::register(
+                reg,
+                crate::family_name!("pullwatch_source_errors_total"),
+            )?,
+            decode_errors: CounterFamily::register(
+                reg,
+                crate::family_name!("pullwatch_decode_errors_total"),
+            )?,
         })
     }
 

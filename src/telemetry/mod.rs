@@ -7,18 +7,18 @@
 
 pub(crate) mod events;
 mod families;
-pub(crate) mod health;
 mod family;
+pub(crate) mod health;
 mod registry;
 
 pub use families::{CRI_BUCKETS, FAMILIES, Family, Kind, PHASE_BUCKETS, PULL_BUCKETS, family};
-pub use registry::{MetricsRegistry};
-pub(crate) use registry::RenderHook;
-pub use registry::MetricsError;
 pub(crate) use family::{
-    CounterFamily, FloatGaugeFamily, ForgetValue, GaugeFamily, HistogramFamily, LabelSet,
+    CounterFamily, Def, FloatGaugeFamily, ForgetValue, GaugeFamily, HistogramFamily, LabelSet,
     LabelValue, counter,
 };
+pub use registry::MetricsError;
+pub use registry::MetricsRegistry;
+pub(crate) use registry::RenderHook;
 
 crate::label_set! {
     /// `pullwatch_build_info` labels.
@@ -27,7 +27,11 @@ crate::label_set! {
 
 /// Registers `pullwatch_build_info` (always 1; its labels say what runs) in `reg`.
 pub fn register_build_info(reg: &MetricsRegistry) -> Result<(), MetricsError> {
-    GaugeFamily::<BuildLabels<'static>>::register(reg, "pullwatch_build_info")?.set(
+    GaugeFamily::<BuildLabels<'static>>::register(
+        reg,
+        crate::family_name!("pullwatch_build_info"),
+    )?
+    .set(
         &BuildLabels {
             version: crate::VERSION,
             revision: crate::REVISION,

@@ -33,7 +33,7 @@ async fn stuck_caller(sock: &Path, image: &str, calls: u32) -> UnixStream {
     out.extend(frame(0x4, 0, 0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]));
     out.extend(frame(0x8, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes()));
     let mut hpack = loona_hpack::Encoder::new();
-    let body = pullwatch::grpc::frame::encode(
+    let body = pullwatch::testing::grpc_frame(
         &ImageStatusRequest {
             image: Some(ImageSpec {
                 image: image.into(),

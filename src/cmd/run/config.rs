@@ -16,7 +16,7 @@ use crate::sources::runtime_status::RuntimeStatusConfig;
 
 /// The agent's configuration.
 #[derive(Debug, Clone)]
-pub struct RunConfig {
+pub(crate) struct RunConfig {
     /// Interposer settings, if enabled.
     pub proxy: Option<ProxyConfig>,
     /// Kernel tap settings, if enabled.
@@ -43,7 +43,7 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Validates `args`.
-    pub fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
+    pub(crate) fn from_args(args: &RunArgs) -> Result<Self, ConfigError> {
         if args.runtime_socket.as_os_str().is_empty() {
             return Err(err("runtime-socket", "must not be empty"));
         }

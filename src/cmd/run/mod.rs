@@ -1,26 +1,28 @@
 //! `pullwatch run`: its flags ([`args`]), their validation into a [`config::RunConfig`], and the
 //! wiring of sources, recorder and the HTTP endpoint, run until a signal ([`signal`]).
 
-pub mod args;
-pub mod config;
-pub mod signal;
+pub(crate) mod args;
+pub(crate) mod config;
+pub(crate) mod signal;
+mod tasks;
 
 use crate::core::attempt::Source;
 use crate::http::{self, Readiness};
 use crate::observe::{CallMetrics, Recording};
 use crate::recorder::{Recorder, RecorderConfig};
-use crate::telemetry::{MetricsError, MetricsRegistry};
 use crate::sources::containerd::{ContainerdMetrics, ContainerdSource};
 use crate::sources::cri_proxy::{CriProxy, ProxyMetrics, loop_guard, socket};
 use crate::sources::cri_tap::{self, TapMetrics};
-use crate::telemetry::health::SourceFamilies;
 use crate::sources::kube::{KubeMetrics, KubeSource};
 use crate::sources::ratelimit::{RateLimitMetrics, RateLimitProbe};
 use crate::sources::runtime_status::{RuntimeStatusMetrics, RuntimeStatusSource};
-pub use args::RunArgs;
+use crate::telemetry::health::SourceFamilies;
+use crate::telemetry::{MetricsError, MetricsRegistry};
+pub(crate) use args::RunArgs;
 use config::RunConfig;
 use std::sync::Arc;
-use tokio::sync::watch;
+use tasks::Tasks;
+use tokio_util::sync::CancellationToken;
 
 /// Every owner's families, registered together at start-up, so `/metrics` lists the same
 /// families whichever sources run. Each source is handed its own and the recorder.
@@ -60,9 +62,9 @@ impl Instruments {
     }
 }
 
-/// Errors that stop the agent at start-up.
+/// Errors that stop the agent at start-up, or that it reports when it stops.
 #[derive(Debug, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// Metrics registration failed (a bug).
     #[error("registering metrics: {0}")]
     Metrics(#[from] MetricsError),
@@ -87,6 +89,9 @@ pub enum RunError {
     /// The Kubernetes API client could not be configured.
     #[error(transparent)]
     Kube(#[from] crate::sources::kube::KubeError),
+    /// Tasks that should have run until shutdown ended before it (each was logged then).
+    #[error("tasks ended before shutdown: {}", .0.join(", "))]
+    TasksEnded(Vec<&'static str>),
     /// The rate-limit probe's HTTP client could not be built (no system trust roots).
     #[error("--ratelimit-probe: loading the system's CA certificates: {0}")]
     ProbeTls(#[source] std::io::Error),
@@ -94,7 +99,7 @@ pub enum RunError {
 
 impl RunError {
     /// Whether the error is in the configuration given (exit code 64), not the environment.
-    pub fn is_usage(&self) -> bool {
+    pub(crate) fn is_usage(&self) -> bool {
         matches!(self, RunError::SelfLoop(_))
     }
 }
@@ -109,7 +114,7 @@ async fn spawn_interposer(
     pc: &crate::sources::cri_proxy::ProxyConfig,
     metrics: ProxyMetrics,
     recording: Arc<Recording>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, RunError> {
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Result<(), RunError>>();
     let pc = pc.clone();
@@ -155,11 +160,8 @@ async fn spawn_interposer(
                     }
                 };
                 let _ = bound_tx.send(Ok(()));
-                let stopped = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
                 // Removes the socket file when it stops accepting.
-                proxy.serve(bound, stopped, pc.shutdown_grace).await;
+                proxy.serve(bound, stop.cancelled_owned(), pc.shutdown_grace).await;
             });
         })
         .map_err(RunError::InterposerRuntime)?;
@@ -176,7 +178,7 @@ async fn spawn_interposer(
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(
+pub(crate) async fn run(
     config: RunConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), RunError> {
@@ -219,10 +221,8 @@ pub async fn run(
             addr: config.http.listen,
             source,
         })?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
+    let stop = CancellationToken::new();
+    let mut tasks = Tasks::new(ready.clone());
     tracing::info!(
         listen = %config.http.listen,
         version = crate::VERSION,
@@ -230,17 +230,19 @@ pub async fn run(
         basic_auth = config.http.web_config.as_ref().is_some_and(|w| w.requires_auth()),
         "serving /metrics"
     );
-    let http_task = tokio::spawn(http::serve(
-        listener,
-        instruments.registry.clone(),
-        recorder.pulls().clone(),
-        instruments.http.clone(),
-        ready.clone(),
-        config.http.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    tasks.spawn(
+        "http",
+        http::serve(
+            listener,
+            instruments.registry.clone(),
+            recorder.pulls().clone(),
+            instruments.http.clone(),
+            ready.clone(),
+            config.http.clone(),
+            stop.clone().cancelled_owned(),
+        ),
+    );
 
-    let mut proxy_thread = None;
     if let Some(pc) = &config.proxy {
         let recording = Recording::new(
             recorder.clone(),
@@ -250,7 +252,8 @@ pub async fn run(
             instruments.proxy.health.clone(),
         );
         let metrics = instruments.proxy.clone();
-        proxy_thread = Some(spawn_interposer(pc, metrics, recording, stop_rx.clone()).await?);
+        let thread = spawn_interposer(pc, metrics, recording, stop.clone()).await?;
+        tasks.watch_thread("cri interposer", thread);
         tracing::info!(
             socket = %pc.listen_socket.display(),
             runtime = %pc.runtime_socket.display(),
@@ -259,7 +262,6 @@ pub async fn run(
     }
     // The tap first: it must follow the runtime before pullwatch's own connections to it open
     // (the kernel side never follows those, but one open before it attached would be joined).
-    let mut tap_thread = None;
     if let Some(tc) = config.tap.clone() {
         let tm = instruments.tap.clone();
         let recording = Recording::with_partial(
@@ -270,8 +272,8 @@ pub async fn run(
             tm.health.clone(),
             tm.partial.clone(),
         );
-        match cri_tap::start(tc, recording, tm.clone(), stop_rx.clone()).await {
-            Ok(thread) => tap_thread = Some(thread),
+        match cri_tap::start(tc, recording, tm.clone(), stop.clone()).await {
+            Ok(thread) => tasks.watch_thread("cri tap", thread),
             Err(e) => {
                 tracing::error!(source = cri_tap::SOURCE, error = %crate::causes::Causes(&e), "kernel tap off; the other sources go on");
                 tm.health.set_source_up(false);
@@ -279,54 +281,47 @@ pub async fn run(
             }
         }
     }
-    let mut source_tasks = Vec::new();
-    source_tasks.push(tokio::spawn({
-        let recorder = recorder.clone();
-        let stop = stop_rx.clone();
+    tasks.spawn("backoff expiry", {
+        let (recorder, stop) = (recorder.clone(), stop.clone());
         async move { recorder.expire_backoff(stop).await }
-    }));
-    if config.recorder.join_content.is_some() {
-        let (recorder, stop) = (recorder.clone(), stop_rx.clone());
-        source_tasks.push(tokio::spawn(
+    });
+    if recorder.joins() {
+        let (recorder, stop) = (recorder.clone(), stop.clone());
+        tasks.spawn(
+            "content join",
             async move { recorder.join_expiry(stop).await },
-        ));
+        );
     }
     if let Some(cc) = config.containerd.clone() {
         tracing::info!(socket = %cc.socket.display(), namespace = %cc.namespace, "containerd source on");
         let source = ContainerdSource::new(cc, recorder.clone(), instruments.containerd.clone());
-        source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+        tasks.spawn("containerd source", source.run(stop.clone()));
     }
     if let Some(source) = kube_source {
-        source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+        tasks.spawn("kubernetes source", source.run(stop.clone()));
     }
     if let Some(writer) = pod_events {
-        source_tasks.push(tokio::spawn(writer.run(stop_rx.clone())));
+        tasks.spawn("pod events", writer.run(stop.clone()));
     }
     if let Some(probe) = probe {
-        source_tasks.push(tokio::spawn(probe.run(stop_rx.clone())));
+        tasks.spawn("rate-limit probe", probe.run(stop.clone()));
     }
     if let Some(rc) = config.runtime_status.clone() {
         let source = RuntimeStatusSource::new(rc, instruments.runtime_status.clone());
-        source_tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+        tasks.spawn("runtime status", source.run(stop.clone()));
     }
     tracing::info!(
         attempts_from = recorder.authority().as_str(),
         "recording pull attempts from one source"
     );
     ready.set(true);
-    shutdown.await;
+    tasks.until(shutdown).await;
     ready.set(false);
-    let _ = stop_tx.send(true);
-    if let Some(t) = proxy_thread {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    stop.cancel();
+    let ended_early = tasks.drain().await;
+    if !ended_early.is_empty() {
+        return Err(RunError::TasksEnded(ended_early));
     }
-    if let Some(t) = tap_thread {
-        let _ = tokio::task::spawn_blocking(move || t.join()).await;
-    }
-    for t in source_tasks {
-        let _ = t.await;
-    }
-    let _ = http_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,7 +3,7 @@
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Resolves when SIGTERM or SIGINT arrives.
-pub async fn shutdown() {
+pub(crate) async fn shutdown() {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

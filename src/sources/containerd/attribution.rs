@@ -10,7 +10,7 @@ const SOURCE_PREFIX: &str = "containerd.io/distribution.source.";
 const CHILD_PREFIX: &str = "containerd.io/gc.ref.content.";
 
 /// Builds `digest -> origin` from content infos `(digest, labels)`.
-pub fn index<'a>(
+pub(crate) fn index<'a>(
     infos: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>,
 ) -> HashMap<String, Origin> {
     let mut out = HashMap::new();

@@ -47,7 +47,7 @@ pub struct ContainerdArgs {
 
 /// Settings of the containerd source.
 #[derive(Debug, Clone)]
-pub struct ContainerdConfig {
+pub(crate) struct ContainerdConfig {
     /// containerd's API socket.
     pub socket: PathBuf,
     /// containerd namespace kubelet's images live in.
@@ -60,7 +60,7 @@ pub struct ContainerdConfig {
 
 impl ContainerdConfig {
     /// The source's settings, or `None` without `--containerd-socket`.
-    pub fn from_args(args: &ContainerdArgs) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_args(args: &ContainerdArgs) -> Result<Option<Self>, ConfigError> {
         let poll_interval = args.ingest_poll_interval;
         if poll_interval < Duration::from_millis(50) {
             return Err(err("ingest-poll-interval", "must be at least 50ms"));

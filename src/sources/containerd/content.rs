@@ -22,7 +22,7 @@ const MEMORY: Duration = Duration::from_secs(3600);
 const MAX_REMEMBERED: usize = 65_536;
 
 /// A request to containerd in `namespace`.
-pub fn request<T>(namespace: &str, msg: T) -> tonic::Request<T> {
+pub(super) fn request<T>(namespace: &str, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Ok(ns) = namespace.parse() {
         req.metadata_mut().insert("containerd-namespace", ns);
@@ -32,7 +32,7 @@ pub fn request<T>(namespace: &str, msg: T) -> tonic::Request<T> {
 
 /// A protobuf timestamp's `(seconds, nanos)` as wall-clock time (`None` if absent or out of
 /// range).
-pub fn wall_clock(t: Option<(i64, i32)>) -> Option<SystemTime> {
+pub(super) fn wall_clock(t: Option<(i64, i32)>) -> Option<SystemTime> {
     let (seconds, nanos) = t?;
     let secs = u64::try_from(seconds).ok()?;
     let nanos = u32::try_from(nanos).ok()?;
@@ -42,11 +42,11 @@ pub fn wall_clock(t: Option<(i64, i32)>) -> Option<SystemTime> {
 /// Digests with a wall-clock time (when a download was seen starting; when a counted blob was
 /// committed), forgotten after [`MEMORY`] and bounded in number.
 #[derive(Debug, Default)]
-pub struct Remembered(HashMap<String, (SystemTime, Instant)>);
+pub(super) struct Remembered(HashMap<String, (SystemTime, Instant)>);
 
 impl Remembered {
     /// Remembers `digest` at `at` unless already known.
-    pub fn note(&mut self, digest: &str, at: SystemTime, now: Instant) {
+    pub(super) fn note(&mut self, digest: &str, at: SystemTime, now: Instant) {
         if self.0.len() >= MAX_REMEMBERED {
             self.forget_old(now);
             if self.0.len() >= MAX_REMEMBERED {
@@ -57,23 +57,23 @@ impl Remembered {
     }
 
     /// Remembers `digest` at `at`, replacing what was known of it.
-    pub fn set(&mut self, digest: &str, at: SystemTime, now: Instant) {
+    pub(super) fn set(&mut self, digest: &str, at: SystemTime, now: Instant) {
         self.forget(digest);
         self.note(digest, at, now);
     }
 
     /// Forgets `digest`.
-    pub fn forget(&mut self, digest: &str) {
+    pub(super) fn forget(&mut self, digest: &str) {
         self.0.remove(digest);
     }
 
     /// The time noted for `digest`.
-    pub fn get(&self, digest: &str) -> Option<SystemTime> {
+    pub(super) fn get(&self, digest: &str) -> Option<SystemTime> {
         self.0.get(digest).map(|(t, _)| *t)
     }
 
     /// Forgets what was noted longer than [`MEMORY`] ago.
-    pub fn forget_old(&mut self, now: Instant) {
+    pub(super) fn forget_old(&mut self, now: Instant) {
         self.0
             .retain(|_, (_, noted)| now.saturating_duration_since(*noted) < MEMORY);
     }
@@ -81,7 +81,7 @@ impl Remembered {
 
 /// The content record of image `name` as it is now, `None` if the image is gone. `started`
 /// gives download starts seen by the poller, `counted` the blobs earlier pulls counted.
-pub async fn read(
+pub(super) async fn read(
     images: &mut ImagesClient<Channel>,
     content: &mut ContentClient<Channel>,
     namespace: &str,

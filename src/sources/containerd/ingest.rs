@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 /// One ingest as containerd reports it (content service `ListStatuses`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IngestSample {
+pub(crate) struct IngestSample {
     /// Ingest ref, e.g. `layer-sha256:ab…`.
     pub reference: String,
     /// Expected digest (may be empty).
@@ -19,7 +19,7 @@ pub struct IngestSample {
 
 impl IngestSample {
     /// The digest being downloaded: `expected`, or the digest in the ref (`layer-sha256:…`).
-    pub fn digest(&self) -> &str {
+    pub(crate) fn digest(&self) -> &str {
         if !self.expected.is_empty() {
             return &self.expected;
         }
@@ -31,7 +31,7 @@ impl IngestSample {
 
 /// Where a download comes from, as far as containerd's labels tell.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Origin {
+pub(crate) struct Origin {
     /// Registry host.
     pub registry: String,
     /// Repository.
@@ -52,7 +52,7 @@ struct Tracked {
 
 /// Something worth telling about an ingest.
 #[derive(Debug, Clone, PartialEq)]
-pub enum IngestEvent {
+pub(crate) enum IngestEvent {
     /// First seen.
     Started {
         /// Ingest ref.
@@ -97,7 +97,7 @@ pub enum IngestEvent {
 
 /// Per-registry totals of in-flight downloads.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RegistryGauges {
+pub(crate) struct RegistryGauges {
     /// Bytes received so far by in-flight downloads.
     pub bytes: u64,
     /// Number of in-flight downloads.
@@ -109,18 +109,18 @@ pub struct RegistryGauges {
 }
 
 /// Registry label for downloads whose origin is not (yet) known.
-pub const UNKNOWN: &str = "unknown";
+pub(crate) const UNKNOWN: &str = crate::core::attempt::UNKNOWN_REGISTRY;
 
 /// The tracker.
 #[derive(Debug)]
-pub struct IngestTracker {
+pub(crate) struct IngestTracker {
     stall_after: Duration,
     ingests: HashMap<String, Tracked>,
 }
 
 impl IngestTracker {
     /// A tracker that calls a download stalled after `stall_after` without progress.
-    pub fn new(stall_after: Duration) -> Self {
+    pub(crate) fn new(stall_after: Duration) -> Self {
         Self {
             stall_after,
             ingests: HashMap::new(),
@@ -129,7 +129,7 @@ impl IngestTracker {
 
     /// Digests of tracked downloads whose origin is unknown.
     #[cfg(test)]
-    pub fn unattributed(&self) -> Vec<String> {
+    pub(crate) fn unattributed(&self) -> Vec<String> {
         self.ingests
             .values()
             .filter(|t| t.origin.is_none())
@@ -138,7 +138,7 @@ impl IngestTracker {
     }
 
     /// Feeds the current list of ingests observed at `now`. `origin_of` attributes a digest.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         now: Instant,
         samples: &[IngestSample],
@@ -220,7 +220,7 @@ impl IngestTracker {
     }
 
     /// Current per-registry gauges.
-    pub fn gauges(&self) -> BTreeMap<String, RegistryGauges> {
+    pub(crate) fn gauges(&self) -> BTreeMap<String, RegistryGauges> {
         let mut out: BTreeMap<String, RegistryGauges> = BTreeMap::new();
         for t in self.ingests.values() {
             let key = t.origin.as_ref().map_or(UNKNOWN, |o| o.registry.as_str());
@@ -235,11 +235,11 @@ impl IngestTracker {
 
     /// Downloads in flight per (registry host, repository), for the pulls view; unattributed
     /// downloads are left out (no pull can be matched to them).
-    pub fn by_repository(
+    pub(crate) fn by_repository(
         &self,
         now: Instant,
-    ) -> HashMap<(String, String), crate::sinks::pulls::Downloads> {
-        let mut out: HashMap<(String, String), crate::sinks::pulls::Downloads> = HashMap::new();
+    ) -> HashMap<(String, String), crate::core::progress::Downloads> {
+        let mut out: HashMap<(String, String), crate::core::progress::Downloads> = HashMap::new();
         let wall = std::time::SystemTime::now();
         for t in self.ingests.values() {
             let Some(o) = &t.origin else { continue };
@@ -259,7 +259,7 @@ impl IngestTracker {
     }
 
     /// Bytes received so far by each download in flight, by digest.
-    pub fn offsets(&self) -> HashMap<String, u64> {
+    pub(crate) fn offsets(&self) -> HashMap<String, u64> {
         self.ingests
             .values()
             .map(|t| (t.digest.clone(), t.offset))
@@ -267,7 +267,7 @@ impl IngestTracker {
     }
 
     /// Forgets everything (after losing the connection: what the outage hid is unknown).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.ingests.clear();
     }
 }

@@ -5,7 +5,7 @@
 //! the downloads containerd has started so far.
 
 use super::content::request;
-pub use crate::sinks::pulls::ImageProgress;
+pub(super) use crate::core::progress::ImageProgress;
 use containerd_client::services::v1::ReadContentRequest;
 use containerd_client::services::v1::content_client::ContentClient;
 use std::collections::{HashMap, HashSet};
@@ -20,7 +20,7 @@ const CACHE_MAX: usize = 256;
 
 /// An image manifest's blobs: the config, then the layers, each `(digest, size)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
+pub(super) struct Manifest {
     /// Config blob.
     pub config: (String, u64),
     /// Layer blobs, in order.
@@ -41,7 +41,7 @@ struct Raw {
 
 impl Manifest {
     /// Reads an OCI or Docker v2 image manifest; `None` for anything else (an index, garbage).
-    pub fn parse(bytes: &[u8]) -> Option<Self> {
+    pub(super) fn parse(bytes: &[u8]) -> Option<Self> {
         let raw: Raw = serde_json::from_slice(bytes).ok()?;
         Some(Self {
             config: (raw.config.digest, raw.config.size),
@@ -52,7 +52,7 @@ impl Manifest {
 
 /// Progress of a pull of `m`: a blob present in the store counts whole, one in flight with the
 /// bytes received so far.
-pub fn progress(
+pub(super) fn progress(
     m: &Manifest,
     present: impl Fn(&str) -> bool,
     in_flight: impl Fn(&str) -> Option<u64>,
@@ -78,7 +78,7 @@ pub fn progress(
 
 /// Child digest → its manifest's digest, for manifests (parents naming layers) among content
 /// infos `(digest, labels)`.
-pub fn parents<'a>(
+pub(super) fn parents<'a>(
     infos: impl IntoIterator<Item = (&'a str, &'a HashMap<String, String>)>,
 ) -> HashMap<String, String> {
     let mut out = HashMap::new();
@@ -97,11 +97,11 @@ pub fn parents<'a>(
 
 /// Manifests read so far (`None`: unreadable, not asked again).
 #[derive(Debug, Default)]
-pub struct Manifests(HashMap<String, Option<Manifest>>);
+pub(super) struct Manifests(HashMap<String, Option<Manifest>>);
 
 impl Manifests {
     /// The manifest `digest`, read from containerd the first time.
-    pub async fn get(
+    pub(super) async fn get(
         &mut self,
         content: &mut ContentClient<Channel>,
         namespace: &str,
@@ -121,7 +121,7 @@ impl Manifests {
     }
 
     /// Forgets manifests no pull in progress uses.
-    pub fn retain(&mut self, active: &HashSet<String>) {
+    pub(super) fn retain(&mut self, active: &HashSet<String>) {
         self.0.retain(|d, _| active.contains(d));
     }
 }

@@ -4,20 +4,19 @@
 //! After each pull it reads the image's content record (exact sizes and commit times) for the
 //! pull's anatomy: with another attempt authority the recorder joins it to that attempt.
 
-pub mod attribution;
+pub(crate) mod attribution;
 mod config;
 mod content;
-pub mod ingest;
+pub(crate) mod ingest;
 mod manifests;
 mod metrics;
 
-pub use config::{ContainerdArgs, ContainerdConfig};
-pub use metrics::ContainerdMetrics;
+pub(crate) use config::{ContainerdArgs, ContainerdConfig};
+pub(crate) use metrics::ContainerdMetrics;
 
 use crate::core::anatomy::ContentRecord;
-use crate::core::attempt::{Outcome, PullAttempt, Source};
 use crate::core::reference::ImageRef;
-use crate::recorder::{ByRegistry, Recorder, Unclaimed};
+use crate::recorder::{ByRegistry, Recorder, Stalled};
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::events_client::EventsClient;
 use containerd_client::services::v1::images_client::ImagesClient;
@@ -28,27 +27,24 @@ use containerd_client::services::v1::{
 use content::Remembered;
 use ingest::{IngestEvent, IngestSample, IngestTracker, Origin};
 use prost::Message;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 /// Label value of this source in `pullwatch_runtime_up` and `pullwatch_source_errors_total`.
-pub const SOURCE: &str = "containerd";
+pub(crate) const SOURCE: &str = "containerd";
 /// Image records of one repository naming the same manifest under another name within this
 /// long are the same pull (containerd's CRI writes a tag, a digest and an ID record per pull).
 const SAME_PULL_WINDOW: Duration = Duration::from_secs(10);
-/// Hosts (and registries per host) remembered for mapping download labels to `host:port`.
-const MAX_PORT_HOSTS: usize = 256;
-const MAX_PORTS_PER_HOST: usize = 4;
 /// Listing all content to attribute downloads is not cheap on big nodes: at most this often.
 const ORIGIN_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why a session with containerd ended.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// Connecting failed.
     #[error("connect {path}: {source}")]
     Connect {
@@ -67,7 +63,7 @@ pub enum SessionError {
 }
 
 /// The running source.
-pub struct ContainerdSource {
+pub(crate) struct ContainerdSource {
     config: ContainerdConfig,
     recorder: Arc<Recorder>,
     metrics: ContainerdMetrics,
@@ -81,9 +77,6 @@ pub struct ContainerdSource {
     /// Recent pulls by (repository, target): the name that opened each and when. A record
     /// of the same repository and target under another name is that pull's digest record.
     recent_pulls: HashMap<(String, String), (String, Instant)>,
-    /// Registries with a port, by host, from containerd's image names: its download labels
-    /// drop the port, the pulls' `registry` label keeps it.
-    ports: HashMap<String, BTreeSet<String>>,
     /// Child digest → its manifest, and every digest in the content store, from the last
     /// content listing (plus downloads committed since).
     parents: HashMap<String, String>,
@@ -97,7 +90,7 @@ pub struct ContainerdSource {
 impl ContainerdSource {
     /// A source recording its attempts (passive successes) into `recorder` (which keeps them
     /// only where containerd is the attempt authority) and its downloads into `metrics`.
-    pub fn new(
+    pub(crate) fn new(
         config: ContainerdConfig,
         recorder: Arc<Recorder>,
         metrics: ContainerdMetrics,
@@ -112,26 +105,10 @@ impl ContainerdSource {
             started: Remembered::default(),
             counted: Remembered::default(),
             recent_pulls: HashMap::new(),
-            ports: HashMap::new(),
             parents: HashMap::new(),
             present: HashSet::new(),
             present_stale: false,
             manifests: manifests::Manifests::default(),
-        }
-    }
-
-    /// Learns the registry of image `name` if it has a port.
-    fn learn_registry(&mut self, name: &str) {
-        let Ok(r) = ImageRef::parse(name) else { return };
-        let (host, Some(_)) = crate::core::reference::split_port(&r.registry) else {
-            return;
-        };
-        if !self.ports.contains_key(host) && self.ports.len() >= MAX_PORT_HOSTS {
-            return;
-        }
-        let known = self.ports.entry(host.to_string()).or_default();
-        if known.len() < MAX_PORTS_PER_HOST {
-            known.insert(r.registry.clone());
         }
     }
 
@@ -144,14 +121,14 @@ impl ContainerdSource {
     }
 
     /// Runs until `shutdown` flips to true, reconnecting with backoff.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(500);
         self.set_up(false);
-        while !*shutdown.borrow() {
+        while !shutdown.is_cancelled() {
             let started = Instant::now();
             let result = tokio::select! {
                 r = self.session() => r,
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = shutdown.cancelled() => return,
             };
             self.set_up(false);
             self.tracker.clear();
@@ -165,7 +142,7 @@ impl ContainerdSource {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = shutdown.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
@@ -195,7 +172,7 @@ impl ContainerdSource {
             .into_inner()
             .images;
         for image in &listed {
-            self.learn_registry(&image.name);
+            self.recorder.image_seen(&image.name);
         }
         self.poll(&mut content).await?;
         self.set_up(true);
@@ -327,7 +304,7 @@ impl ContainerdSource {
             *entry.image.get_or_insert_default() += p;
         }
         self.manifests.retain(&active);
-        self.recorder.pulls().set_downloads(downloads);
+        self.recorder.downloads_seen(downloads);
         Ok(())
     }
 
@@ -344,18 +321,16 @@ impl ContainerdSource {
                 let registry = origin
                     .as_ref()
                     .map_or_else(|| ingest::UNKNOWN.to_string(), |o| self.registry_of(o));
-                tracing::warn!(
-                    target: crate::sinks::event_log::TARGET,
-                    event = "download_stalled",
-                    source = SOURCE,
-                    ingest = %reference,
-                    registry,
-                    repository = origin.as_ref().map_or("", |o| o.repository.as_str()),
+                let repository = origin.as_ref().map_or("", |o| o.repository.as_str());
+                self.recorder.download_stalled(&Stalled {
+                    ingest: &reference,
+                    registry: &registry,
+                    repository,
                     offset,
                     total,
-                    idle_seconds = idle.as_secs_f64(),
-                    "image download stalled"
-                );
+                    idle,
+                    source: SOURCE,
+                });
             }
             IngestEvent::Resumed { reference } => {
                 tracing::info!(source = SOURCE, ingest = %reference, "stalled download resumed");
@@ -375,26 +350,15 @@ impl ContainerdSource {
                 self.present.insert(digest);
                 if let Some(o) = origin {
                     self.recorder
-                        .pulls()
-                        .committed(&o.registry, &o.repository, total.max(offset));
+                        .download_committed(&o.registry, &o.repository, total.max(offset));
                 }
             }
         }
     }
 
-    /// The `registry` label of downloads from `origin`: containerd's source labels drop the
-    /// port, so the one registry with a port on that host that containerd's image names (or
-    /// else the pulls recorded) show stands for it; otherwise the host.
+    /// The `registry` label of downloads from `origin` (its labels name the host alone).
     fn registry_of(&self, origin: &Origin) -> String {
-        self.registry_of_host(&origin.registry)
-    }
-
-    fn registry_of_host(&self, host: &str) -> String {
-        match self.ports.get(host) {
-            Some(known) if known.len() == 1 => known.iter().next().cloned().unwrap_or_default(),
-            Some(_) => host.to_string(),
-            None => self.recorder.registry_of_host(host),
-        }
+        self.recorder.registry_of_host(&origin.registry)
     }
 
     fn publish_gauges(&self) {
@@ -407,7 +371,7 @@ impl ContainerdSource {
             let registry = if registry == ingest::UNKNOWN {
                 registry
             } else {
-                self.registry_of_host(&registry)
+                self.recorder.registry_of_host(&registry)
             };
             // Several registries may share the `other` series: add, do not set.
             let r = ByRegistry {
@@ -450,7 +414,7 @@ impl ContainerdSource {
         if name.starts_with("sha256:") {
             return Ok(());
         }
-        self.learn_registry(&name);
+        self.recorder.image_seen(&name);
         let recorded_at = content::wall_clock(envelope.timestamp.map(|t| (t.seconds, t.nanos)))
             .unwrap_or_else(SystemTime::now);
         let record = content::read(
@@ -476,20 +440,7 @@ impl ContainerdSource {
             self.counted.set(&b.digest, b.committed_at, now);
             self.started.forget(&b.digest);
         }
-        if created && self.recorder.records_attempts_from(Source::Containerd) {
-            if let Some((attempt, anatomy)) = passive_attempt(&record) {
-                self.recorder.record_with(&attempt, Some(&anatomy));
-            }
-        } else {
-            // An updated record is a re-pull only if an interposed pull claims it: the runtime
-            // also updates a record's labels right after creating it.
-            let unclaimed = if created {
-                Unclaimed::Count
-            } else {
-                Unclaimed::Drop
-            };
-            self.recorder.content_recorded(record, unclaimed);
-        }
+        self.recorder.content_recorded(record, created);
         Ok(())
     }
 
@@ -517,31 +468,6 @@ impl ContainerdSource {
     }
 }
 
-/// The passive attempt a new image record stands for, with its anatomy: it started with its
-/// first download (see [`ContentRecord::passive_start`]) and ended when containerd wrote the
-/// record. Nothing downloaded (all content present): the duration is unknown, not zero.
-fn passive_attempt(record: &ContentRecord) -> Option<(PullAttempt, crate::core::anatomy::Anatomy)> {
-    let reference = ImageRef::parse(&record.image).ok()?;
-    let anatomy = record.anatomy(None, record.recorded_at);
-    let start = anatomy.first_download;
-    let duration = start.and_then(|s| record.recorded_at.duration_since(s).ok());
-    let attempt = PullAttempt {
-        image: record.image.clone(),
-        reference: Some(reference),
-        pod: None,
-        started_at: start.unwrap_or(record.recorded_at),
-        duration,
-        outcome: Outcome::Success {
-            image_ref: String::new(),
-        },
-        source: Source::Containerd,
-        trace: None,
-        credentials: None,
-        readout: None,
-    };
-    Some((attempt, anatomy))
-}
-
 /// The next event of a subscribed stream (pending while not subscribed).
 async fn next_event(
     stream: &mut Option<tonic::Streaming<containerd_client::types::Envelope>>,
@@ -556,6 +482,7 @@ async fn next_event(
 mod tests {
     use super::*;
     use crate::core::anatomy::{Blob, BlobKind};
+    use crate::core::attempt::Source;
     use crate::recorder::RecorderConfig;
 
     fn source() -> ContainerdSource {
@@ -614,7 +541,7 @@ mod tests {
             t0,
             t0 + Duration::from_millis(140),
         );
-        let (a, anatomy) = passive_attempt(&r).expect("attempt");
+        let (a, anatomy) = r.passive_attempt().expect("attempt");
         assert_eq!(a.duration, Some(Duration::from_millis(140)));
         assert_eq!(a.source, Source::Containerd);
         assert_eq!(a.registry(), "127.0.0.1:5000", "the port is kept");
@@ -640,26 +567,6 @@ mod tests {
         for b in &mut cached.blobs {
             b.counted_before = true;
         }
-        assert_eq!(passive_attempt(&cached).unwrap().0.duration, None);
-    }
-
-    #[test]
-    fn download_labels_get_the_port_of_the_registry_on_that_host() {
-        let mut s = source();
-        assert_eq!(s.registry_of_host("127.0.0.1"), "127.0.0.1");
-        s.learn_registry("127.0.0.1:5000/team/app:1");
-        s.learn_registry("quay.io/team/app:1");
-        assert_eq!(s.registry_of_host("127.0.0.1"), "127.0.0.1:5000");
-        assert_eq!(s.registry_of_host("quay.io"), "quay.io");
-        s.learn_registry("127.0.0.1:5001/team/app:1");
-        assert_eq!(
-            s.registry_of_host("127.0.0.1"),
-            "127.0.0.1",
-            "two ports: the host"
-        );
-        for i in 0..1000 {
-            s.learn_registry(&format!("h{i}:1/a:1"));
-        }
-        assert!(s.ports.len() <= MAX_PORT_HOSTS);
+        assert_eq!(cached.passive_attempt().unwrap().0.duration, None);
     }
 }

@@ -69,7 +69,7 @@ pub struct ProxyArgs {
 
 /// Interposer settings.
 #[derive(Debug, Clone)]
-pub struct ProxyConfig {
+pub(crate) struct ProxyConfig {
     /// Where kubelet connects (its `imageServiceEndpoint`).
     pub listen_socket: PathBuf,
     /// Permission bits of the listening socket.
@@ -87,14 +87,14 @@ pub struct ProxyConfig {
 }
 
 /// Caller connections relayed at once when the open-file limit leaves room.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+pub(super) const DEFAULT_MAX_CONNECTIONS: usize = 256;
 
 /// File descriptors kept free beside the interposer's connections: the HTTP endpoint's
 /// connections (64 by default, plus probes), the sources' clients, logs, the runtime.
-pub const RESERVED_FDS: u64 = 128;
+pub(super) const RESERVED_FDS: u64 = 128;
 
 /// The process's soft limit on open files (`/proc/self/limits`), if readable.
-pub fn open_files_limit() -> Option<u64> {
+pub(super) fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     let soft = line.split_whitespace().nth(3)?;
@@ -107,13 +107,16 @@ pub fn open_files_limit() -> Option<u64> {
 impl ProxyConfig {
     /// Whether any local user may connect: the socket relays every CRI method to the runtime
     /// (RuntimeService too, Exec included), so start-up warns about it.
-    pub fn world_writable(&self) -> bool {
+    pub(crate) fn world_writable(&self) -> bool {
         self.socket_mode & 0o002 != 0
     }
 
     /// The interposer's settings relaying to `runtime_socket`, or `None` without
     /// `--cri-proxy-socket`. A group name is looked up in `/etc/group`.
-    pub fn from_args(args: &ProxyArgs, runtime_socket: &Path) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_args(
+        args: &ProxyArgs,
+        runtime_socket: &Path,
+    ) -> Result<Option<Self>, ConfigError> {
         let socket_group = match &args.cri_proxy_socket_group {
             None => None,
             Some(_) if args.cri_proxy_socket.is_none() => {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 #[error(
     "--runtime-socket {runtime} is the interposer's own socket {listen} (same file by another path): pullwatch would relay to itself"
 )]
-pub struct SelfLoop {
+pub(crate) struct SelfLoop {
     /// The runtime socket as given.
     pub runtime: PathBuf,
     /// The listening socket as given.
@@ -34,7 +34,7 @@ fn place(path: &Path) -> Option<((u64, u64), &std::ffi::OsStr)> {
 }
 
 /// Checks the bound listening socket `listen` against `runtime`.
-pub fn check(listen: &Path, runtime: &Path) -> Result<(), SelfLoop> {
+pub(crate) fn check(listen: &Path, runtime: &Path) -> Result<(), SelfLoop> {
     let same = match (identity(runtime), identity(listen)) {
         (Some(r), Some(l)) => r == l,
         // The runtime socket does not exist (yet): it would be ours if it is our name in our

@@ -15,49 +15,36 @@
 //! runtime being down.
 
 mod config;
-pub mod loop_guard;
+pub(crate) mod loop_guard;
 mod metrics;
-pub mod relay;
-pub mod socket;
+pub(crate) mod relay;
+pub(crate) mod socket;
 
-pub use config::{ProxyArgs, ProxyConfig};
-pub use metrics::ProxyMetrics;
+pub(crate) use config::{ProxyArgs, ProxyConfig};
+use metrics::ConnectionResult;
+pub(crate) use metrics::ProxyMetrics;
 
-use crate::telemetry::events::{Throttle, WARN_EVERY};
 use crate::observe::budget::{self, MemoryBudget};
 use crate::observe::feed::{Feed, Observers};
 use crate::observe::{Recording, wire};
+use crate::telemetry::events::{Throttle, WARN_EVERY};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// Label value of the interposer in `pullwatch_runtime_up`.
-pub const SOURCE: &str = "cri_proxy";
+pub(crate) const SOURCE: &str = "cri_proxy";
 
 /// The first back-off after a loop was found, doubled at each new finding up to [`LOOP_MAX`].
 const LOOP_FIRST: Duration = Duration::from_millis(100);
 const LOOP_MAX: Duration = Duration::from_secs(30);
 
-/// `result` label values of `pullwatch_interposer_connections_total`.
-pub mod result {
-    /// Relayed to the runtime.
-    pub const RELAYED: &str = "relayed";
-    /// The runtime socket could not be reached; the caller's connection was closed.
-    pub const RUNTIME_UNREACHABLE: &str = "runtime_unreachable";
-    /// The runtime socket led back to a pullwatch (this one or another); closed.
-    pub const SELF_LOOP: &str = "self_loop";
-    /// Over `--cri-proxy-max-connections`; closed at once.
-    pub const OVER_LIMIT: &str = "over_limit";
-    /// pullwatch had no file descriptor left to connect to the runtime; closed.
-    pub const OUT_OF_FDS: &str = "out_of_fds";
-}
-
 /// The running interposer.
-pub struct CriProxy {
+pub(crate) struct CriProxy {
     metrics: ProxyMetrics,
     observers: Observers,
     runtime_socket: PathBuf,
@@ -151,7 +138,7 @@ impl CriProxy {
     /// An interposer relaying to `config.runtime_socket`, counting its connections in
     /// `metrics` and recording what it observes into `recording` through its own observer
     /// thread.
-    pub fn new(
+    pub(crate) fn new(
         config: &ProxyConfig,
         metrics: ProxyMetrics,
         recording: Arc<Recording>,
@@ -173,7 +160,7 @@ impl CriProxy {
         })
     }
 
-    fn count(&self, result: &str) {
+    fn count(&self, result: ConnectionResult) {
         self.metrics.connections.inc(&metrics::ByResult { result });
     }
 
@@ -220,19 +207,19 @@ impl CriProxy {
         match why {
             Refused::Unreachable(e) => {
                 self.metrics.health.set_up(false);
-                self.count(result::RUNTIME_UNREACHABLE);
+                self.count(ConnectionResult::RuntimeUnreachable);
                 if let Some(suppressed) = self.warn_unreachable.allow() {
                     tracing::warn!(%runtime, error = %e, suppressed, "runtime socket unreachable; closing the caller's connection");
                 }
             }
             Refused::OutOfFds(e) => {
-                self.count(result::OUT_OF_FDS);
+                self.count(ConnectionResult::OutOfFds);
                 if let Some(suppressed) = self.warn_fds.allow() {
                     tracing::error!(%runtime, error = %e, suppressed, "no file descriptor left to connect to the runtime (pullwatch's limit, not the runtime); closing the caller's connection");
                 }
             }
             Refused::Loop(how) => {
-                self.count(result::SELF_LOOP);
+                self.count(ConnectionResult::SelfLoop);
                 let hold = self.loops.found();
                 if let Some(suppressed) = self.loops.warn.allow() {
                     tracing::error!(%runtime, how, suppressed, hold_ms = hold.as_millis() as u64, "the runtime socket leads to a pullwatch, not a runtime; refusing connections for a while");
@@ -243,17 +230,17 @@ impl CriProxy {
 
     /// Relays and observes one caller connection. After `stop` flips, the connection is closed
     /// as soon as it has no call open (or when the shutdown grace ends, see [`Self::serve`]).
-    async fn connection(self: Arc<Self>, caller: UnixStream, mut stop: watch::Receiver<bool>) {
+    async fn connection(self: Arc<Self>, caller: UnixStream, stop: CancellationToken) {
         let _open = OpenConnection::new(&self);
         let runtime = match self.connect().await {
             Ok(r) => r,
             Err(why) => return self.refused(why), // dropping `caller` closes it
         };
         self.metrics.health.set_up(true);
-        self.count(result::RELAYED);
+        self.count(ConnectionResult::Relayed);
         let feed = self.observers.feed();
         let drained = async {
-            let _ = stop.wait_for(|s| *s).await;
+            stop.cancelled().await;
             feed.idle().await;
         };
         let first = tokio::select! {
@@ -266,14 +253,14 @@ impl CriProxy {
     /// Accepts connections on `socket` until `shutdown` resolves. Then it closes and removes the
     /// socket (new connections fail at once, as with pullwatch stopped, instead of waiting in
     /// the backlog), lets open calls finish for up to `grace`, and closes what is left.
-    pub async fn serve(
+    pub(crate) async fn serve(
         self: Arc<Self>,
         socket: socket::BoundSocket,
         shutdown: impl std::future::Future<Output = ()>,
         grace: Duration,
     ) {
         let listener: &UnixListener = &socket.listener;
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let stop = CancellationToken::new();
         let mut conns = JoinSet::new();
         let accept_failed = Throttle::new(WARN_EVERY);
         tokio::pin!(shutdown);
@@ -284,14 +271,14 @@ impl CriProxy {
                     Ok((stream, _)) => {
                         if self.relayed.fetch_add(1, Ordering::AcqRel) >= self.max_connections {
                             self.relayed.fetch_sub(1, Ordering::AcqRel);
-                            self.count(result::OVER_LIMIT);
+                            self.count(ConnectionResult::OverLimit);
                             if let Some(suppressed) = self.warn_over_limit.allow() {
                                 tracing::warn!(max = self.max_connections, suppressed, "caller connection over --cri-proxy-max-connections closed");
                             }
                             drop(stream);
                             continue;
                         }
-                        conns.spawn(self.clone().connection(stream, stop_rx.clone()));
+                        conns.spawn(self.clone().connection(stream, stop.clone()));
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -305,7 +292,7 @@ impl CriProxy {
             }
         }
         drop(socket);
-        let _ = stop_tx.send(true);
+        stop.cancel();
         tracing::info!(
             connections = conns.len(),
             "interposer stopped accepting; letting open calls finish"

@@ -8,14 +8,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// Read size per direction (socat's default is 8 KiB).
-pub const BUFFER: usize = 16 << 10;
+pub(crate) const BUFFER: usize = 16 << 10;
 /// After one direction ended, how long the other may still carry bytes (a runtime's GOAWAY
 /// and close after the caller's last frame) before the connection is closed.
-pub const LINGER: Duration = Duration::from_secs(5);
+pub(crate) const LINGER: Duration = Duration::from_secs(5);
 
 /// One end of a relayed connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     /// The caller (kubelet, crictl, ...).
     Caller,
     /// The container runtime.
@@ -32,7 +32,7 @@ impl Side {
 }
 
 /// What sees the bytes after they were forwarded.
-pub trait Tap {
+pub(crate) trait Tap {
     /// `side` sent `bytes`; they have been written to the other side. Must not block.
     fn bytes(&self, side: Side, bytes: &[u8]);
 }
@@ -65,7 +65,7 @@ where
 /// side that went away first. When one side goes away its peer's write is shut down, as a close
 /// would, and what the peer still sends is passed on: the caller gets the runtime's last
 /// frames, as it would directly.
-pub async fn relay(mut caller: UnixStream, mut runtime: UnixStream, tap: &impl Tap) -> Side {
+pub(crate) async fn relay(mut caller: UnixStream, mut runtime: UnixStream, tap: &impl Tap) -> Side {
     let (cr, cw) = caller.split();
     let (rr, rw) = runtime.split();
     let up = pump(cr, rw, Side::Caller, tap);

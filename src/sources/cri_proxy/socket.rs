@@ -12,7 +12,7 @@ use tokio::net::UnixListener;
 
 /// Why the socket could not be created.
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     /// Another process is accepting connections on the path.
     #[error("{path}: another process is already listening on this socket{busy}")]
     InUse {
@@ -69,7 +69,7 @@ fn io_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) ->
 /// A bound listening socket that removes its file when dropped (if the file is still the one it
 /// created).
 #[derive(Debug)]
-pub struct BoundSocket {
+pub(crate) struct BoundSocket {
     /// The listener.
     pub listener: UnixListener,
     path: PathBuf,
@@ -81,7 +81,7 @@ pub struct BoundSocket {
 }
 
 /// Longest unix socket path (`sun_path` is 108 bytes with the terminating NUL).
-pub const MAX_PATH_LEN: usize = 107;
+pub(crate) const MAX_PATH_LEN: usize = 107;
 
 /// The lock file of the socket at `path`.
 fn lock_path(path: &Path) -> PathBuf {
@@ -115,7 +115,7 @@ impl Drop for BoundSocket {
 
 /// Resolves a socket group given as a numeric GID or as a group name listed in `etc_group` (the
 /// text of `/etc/group`; groups known only to NSS/LDAP must be given by number).
-pub fn resolve_group(value: &str, etc_group: &str) -> Option<u32> {
+pub(crate) fn resolve_group(value: &str, etc_group: &str) -> Option<u32> {
     if let Ok(gid) = value.parse::<u32>() {
         return Some(gid);
     }
@@ -149,7 +149,7 @@ fn live(path: &Path) -> Option<&'static str> {
 
 /// Binds a unix socket at `path` with permission bits `mode` (e.g. `0o660`) and, if given, owned
 /// by group `group`; both are set before the socket appears at `path`.
-pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<BoundSocket, SocketError> {
+pub(crate) fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<BoundSocket, SocketError> {
     let len = path.as_os_str().len();
     if len > MAX_PATH_LEN {
         return Err(SocketError::TooLong {

@@ -16,7 +16,7 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tap.bpf.o"));
 
 /// Why the programs could not be loaded and attached: one line naming the cause.
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// The binary was built without clang.
     #[error(
         "this pullwatch was built without the tap's BPF programs (clang was missing at build time)"
@@ -84,7 +84,7 @@ const SYSCALLS: Option<Syscalls> = None;
 
 /// Counters of the kernel side (the C side's `enum stat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stat {
+pub(super) enum Stat {
     /// OPEN/CLOSE/EOF records the ring had no room for.
     EventsLost = 0,
     /// Bytes the ring had no room for.
@@ -103,7 +103,7 @@ pub enum Stat {
 
 impl Stat {
     /// Every counter.
-    pub const ALL: [Stat; 7] = [
+    pub(super) const ALL: [Stat; 7] = [
         Stat::EventsLost,
         Stat::RingFull,
         Stat::Unreadable,
@@ -115,7 +115,7 @@ impl Stat {
 }
 
 /// The loaded, attached programs and their maps.
-pub struct Programs {
+pub(super) struct Programs {
     /// Keeps the programs attached while it lives.
     _ebpf: Ebpf,
     conns: HashMap<MapData, u64, [u64; 3]>,
@@ -137,7 +137,10 @@ impl Programs {
     /// Loads the object for an agent whose process is `self_tgid` (its own connections to the
     /// runtime are not followed) with a ring of `ring_bytes`, and attaches it; returns the
     /// ring buffer to read.
-    pub fn load(self_tgid: u32, ring_bytes: u32) -> Result<(Self, RingBuf<MapData>), LoadError> {
+    pub(super) fn load(
+        self_tgid: u32,
+        ring_bytes: u32,
+    ) -> Result<(Self, RingBuf<MapData>), LoadError> {
         if OBJECT.is_empty() {
             return Err(LoadError::NotBuilt);
         }
@@ -207,12 +210,12 @@ impl Programs {
     }
 
     /// Follows process `tgid` (the runtime).
-    pub fn follow_process(&mut self, tgid: u32) -> Result<(), LoadError> {
+    pub(super) fn follow_process(&mut self, tgid: u32) -> Result<(), LoadError> {
         self.tgids.insert(tgid, 1, 0).map_err(load_err)
     }
 
     /// Stops following process `tgid`, its listeners and its connections.
-    pub fn forget_process(&mut self, tgid: u32) {
+    pub(super) fn forget_process(&mut self, tgid: u32) {
         let _ = self.tgids.remove(&tgid);
         let mine = |k: &u64| (k >> 32) as u32 == tgid;
         let listeners: Vec<u64> = self.listeners.keys().flatten().filter(mine).collect();
@@ -226,25 +229,30 @@ impl Programs {
     }
 
     /// Follows the connections accepted on descriptor `fd` of `tgid` (a CRI listening socket).
-    pub fn follow_listener(&mut self, tgid: u32, fd: u32) -> Result<(), LoadError> {
+    pub(super) fn follow_listener(&mut self, tgid: u32, fd: u32) -> Result<(), LoadError> {
         self.listeners.insert(key(tgid, fd), 1, 0).map_err(load_err)
     }
 
     /// Follows the connection on descriptor `fd` of `tgid` as `id` (it was open before the tap
     /// attached), from stream positions 0.
-    pub fn follow_connection(&mut self, tgid: u32, fd: u32, id: u64) -> Result<(), LoadError> {
+    pub(super) fn follow_connection(
+        &mut self,
+        tgid: u32,
+        fd: u32,
+        id: u64,
+    ) -> Result<(), LoadError> {
         self.conns
             .insert(key(tgid, fd), [id, 0, 0], 0)
             .map_err(load_err)
     }
 
     /// The ids of the connections the kernel side follows now.
-    pub fn followed(&self) -> std::collections::HashSet<u64> {
+    pub(super) fn followed(&self) -> std::collections::HashSet<u64> {
         self.conns.iter().flatten().map(|(_, v)| v[0]).collect()
     }
 
     /// The counter `stat`, summed over CPUs.
-    pub fn stat(&self, stat: Stat) -> u64 {
+    pub(super) fn stat(&self, stat: Stat) -> u64 {
         self.stats
             .get(&(stat as u32), 0)
             .map(|per_cpu| per_cpu.iter().sum())
@@ -254,7 +262,7 @@ impl Programs {
 
 /// What the kernel side reports, one ring record each.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Record<'a> {
+pub(super) enum Record<'a> {
     /// The runtime accepted connection `conn` on a followed listener (descriptor `fd`).
     Open {
         /// Connection id.
@@ -302,7 +310,7 @@ const HEADER: usize = 40;
 
 impl<'a> Record<'a> {
     /// Parses one ring record; `None` if it is malformed (never from the programs above).
-    pub fn parse(b: &'a [u8]) -> Option<Self> {
+    pub(super) fn parse(b: &'a [u8]) -> Option<Self> {
         let u64_at = |o: usize| Some(u64::from_ne_bytes(b.get(o..o + 8)?.try_into().ok()?));
         let u32_at = |o: usize| Some(u32::from_ne_bytes(b.get(o..o + 4)?.try_into().ok()?));
         let (ts, conn, pos) = (u64_at(0)?, u64_at(8)?, u64_at(16)?);

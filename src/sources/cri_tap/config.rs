@@ -42,7 +42,7 @@ fn ring_mib(value: &str) -> Result<u32, String> {
 
 /// Settings of the tap.
 #[derive(Debug, Clone)]
-pub struct TapConfig {
+pub(crate) struct TapConfig {
     /// The runtime's CRI socket.
     pub runtime_socket: PathBuf,
     /// Ring buffer size in bytes.
@@ -55,7 +55,10 @@ pub struct TapConfig {
 
 impl TapConfig {
     /// The tap's settings on `runtime_socket`, or `None` without `--cri-tap`.
-    pub fn from_args(args: &TapArgs, runtime_socket: &Path) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_args(
+        args: &TapArgs,
+        runtime_socket: &Path,
+    ) -> Result<Option<Self>, ConfigError> {
         if !args.cri_tap {
             return Ok(None);
         }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// Largest syscall gathered for a hunting reader (what one syscall's records carry).
 const MAX_PIECE: usize = 256 << 10;
 /// A call open longer than this on a followed connection lost its end (dropped as partial).
-pub const MAX_CALL: Duration = Duration::from_secs(3600);
+pub(super) const MAX_CALL: Duration = Duration::from_secs(3600);
 
 /// One direction of a followed connection.
 struct Direction {
@@ -52,7 +52,7 @@ struct Connection {
 }
 
 /// The followed connections and where their observations go.
-pub struct Followed {
+pub(super) struct Followed {
     recording: Arc<Recording>,
     budget: Arc<MemoryBudget>,
     connections: HashMap<u64, Connection>,
@@ -63,14 +63,14 @@ pub struct Followed {
 
 /// Kernel time (CLOCK_MONOTONIC, ns) to [`Instant`] (the same clock on Linux).
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub(super) struct Clock {
     instant: Instant,
     ns: u64,
 }
 
 impl Clock {
     /// Pairs the two clocks now.
-    pub fn now() -> Self {
+    pub(super) fn now() -> Self {
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         let instant = Instant::now();
         let ns = u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000
@@ -79,7 +79,7 @@ impl Clock {
     }
 
     /// The instant of kernel time `ns`.
-    pub fn at(&self, ns: u64) -> Instant {
+    pub(super) fn at(&self, ns: u64) -> Instant {
         if ns >= self.ns {
             self.instant + Duration::from_nanos(ns - self.ns)
         } else {
@@ -92,7 +92,7 @@ impl Clock {
 
 impl Followed {
     /// No connection followed yet; observations go to `recording`, within `budget`.
-    pub fn new(recording: Arc<Recording>, budget: Arc<MemoryBudget>) -> Self {
+    pub(super) fn new(recording: Arc<Recording>, budget: Arc<MemoryBudget>) -> Self {
         Self {
             recording,
             budget,
@@ -103,12 +103,12 @@ impl Followed {
     }
 
     /// Connections followed now.
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.connections.len()
     }
 
     /// Follows connection `id`, open before the tap attached: its observer joins late.
-    pub fn joined(&mut self, id: u64) {
+    pub(super) fn joined(&mut self, id: u64) {
         let share = self.budget.share();
         let observer = ConnectionObserver::joining(self.recording.clone(), share.clone());
         self.connections.insert(
@@ -122,7 +122,7 @@ impl Followed {
     }
 
     /// Applies one record of the kernel side.
-    pub fn record(&mut self, record: Record<'_>) {
+    pub(super) fn record(&mut self, record: Record<'_>) {
         match record {
             Record::Open { conn, fd, .. } => {
                 tracing::debug!(
@@ -217,7 +217,7 @@ impl Followed {
 
     /// Keeps only the connections the kernel still follows (a CLOSE record the ring had no room
     /// for leaves one behind), and drops calls open longer than [`MAX_CALL`], as partial.
-    pub fn reconcile(&mut self, followed: &std::collections::HashSet<u64>) {
+    pub(super) fn reconcile(&mut self, followed: &std::collections::HashSet<u64>) {
         self.connections.retain(|id, c| {
             let keep = followed.contains(id);
             if !keep {
@@ -233,7 +233,7 @@ impl Followed {
 
     /// Stops following everything (the runtime restarted, or the tap stops): open calls are
     /// dropped as partial.
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         for (_, mut c) in self.connections.drain() {
             c.observer.abandon();
         }

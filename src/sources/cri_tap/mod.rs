@@ -19,19 +19,20 @@ mod follow;
 mod metrics;
 mod runtime;
 
-pub use config::{TapArgs, TapConfig};
-pub use metrics::TapMetrics;
+pub(crate) use config::{TapArgs, TapConfig};
+pub(crate) use metrics::TapMetrics;
 
+use crate::observe::Recording;
 use crate::observe::budget::{self, MemoryBudget};
-use crate::observe::{ByCause, Recording};
 use bpf::{Programs, Record, Stat};
 use follow::Followed;
+use metrics::{ByLostCause, ByMissedCause, LostCause, MissedCause};
 use std::sync::Arc;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Label value of the tap in the shared source families.
-pub const SOURCE: &str = "cri_tap";
+pub(crate) const SOURCE: &str = "cri_tap";
 
 /// Connection ids pullwatch gives connections it joins (the kernel counts up from 1 for the
 /// ones it sees accepted).
@@ -44,7 +45,7 @@ const POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Why the tap could not start: one line naming the cause.
 #[derive(Debug, thiserror::Error)]
-pub enum TapError {
+pub(crate) enum TapError {
     /// The runtime, its socket or its descriptors could not be found.
     #[error("finding the runtime: {0}")]
     Find(#[from] runtime::FindError),
@@ -70,11 +71,11 @@ struct Tap {
 
 /// Starts the tap on a thread of its own and returns once it follows the runtime's socket (or
 /// why it cannot). It runs until `stop` flips.
-pub async fn start(
+pub(crate) async fn start(
     config: TapConfig,
     recording: Arc<Recording>,
     metrics: TapMetrics,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Result<std::thread::JoinHandle<()>, TapError> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
@@ -190,11 +191,7 @@ impl Tap {
 
     /// Reads the ring until `stop` flips; checks the runtime and the kernel's counters now and
     /// then.
-    async fn run(
-        mut self,
-        ring: aya::maps::RingBuf<aya::maps::MapData>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    async fn run(mut self, ring: aya::maps::RingBuf<aya::maps::MapData>, stop: CancellationToken) {
         // The AsyncFd owns the ring, which owns its descriptor: the descriptor outlives the
         // registration, which is all the (deprecated, unsafe-free) constructor needs.
         #[allow(deprecated)]
@@ -222,7 +219,7 @@ impl Tap {
                 }
                 _ = poll.tick() => self.drain(ring.get_mut()),
                 _ = rescan.tick() => self.rescan().await,
-                _ = stop.wait_for(|s| *s) => break,
+                () = stop.cancelled() => break,
             }
         }
         self.drain(ring.get_mut());
@@ -259,23 +256,29 @@ impl Tap {
             if grown == 0 {
                 continue;
             }
-            let (family, cause) = match stat {
-                Stat::RingFull => (&self.metrics.lost_bytes, "ring_full"),
-                Stat::Unreadable => (&self.metrics.lost_bytes, "unreadable"),
-                Stat::TooLarge => (&self.metrics.lost_bytes, "too_large"),
-                Stat::Vectored => (&self.metrics.lost_bytes, "vectored"),
-                Stat::EventsLost => (&self.metrics.missed, "events_lost"),
-                Stat::Untracked => (&self.metrics.missed, "table_full"),
+            let lost = |cause| {
+                let labels = ByLostCause { cause };
+                self.metrics.lost_bytes.with(&labels).inc_by(grown);
+            };
+            let missed = |cause| {
+                let labels = ByMissedCause { cause };
+                self.metrics.missed.with(&labels).inc_by(grown);
+            };
+            match stat {
+                Stat::RingFull => lost(LostCause::RingFull),
+                Stat::Unreadable => lost(LostCause::Unreadable),
+                Stat::TooLarge => lost(LostCause::TooLarge),
+                Stat::Vectored => lost(LostCause::Vectored),
+                Stat::EventsLost => missed(MissedCause::EventsLost),
+                Stat::Untracked => missed(MissedCause::TableFull),
                 Stat::Own => {
                     tracing::debug!(
                         source = SOURCE,
                         connections = grown,
                         "pullwatch's own connections to the runtime, not followed"
                     );
-                    continue;
                 }
-            };
-            family.with(&ByCause { cause }).inc_by(grown);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// Why the runtime could not be found: one line naming what was tried.
 #[derive(Debug, thiserror::Error)]
-pub enum FindError {
+pub(crate) enum FindError {
     /// The CRI socket does not answer.
     #[error("connecting to {path}: {source}")]
     Connect {
@@ -54,7 +54,7 @@ pub enum FindError {
 
 /// The runtime and its CRI socket's descriptors.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Runtime {
+pub(super) struct Runtime {
     /// Its process.
     pub pid: u32,
     /// Descriptors of its listening sockets at the CRI path.
@@ -115,7 +115,7 @@ fn proc_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FindError
 }
 
 /// The process at the other end of a connection to `socket`.
-pub async fn peer_of(socket: &Path) -> Result<u32, FindError> {
+pub(super) async fn peer_of(socket: &Path) -> Result<u32, FindError> {
     let connect = tokio::net::UnixStream::connect(socket);
     let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
         .await
@@ -135,7 +135,7 @@ pub async fn peer_of(socket: &Path) -> Result<u32, FindError> {
 
 /// The descriptors of process `pid` at `socket` (as pullwatch sees the path), read from
 /// `proc` (`/proc`).
-pub fn descriptors(proc: &Path, pid: u32, socket: &Path) -> Result<Runtime, FindError> {
+pub(super) fn descriptors(proc: &Path, pid: u32, socket: &Path) -> Result<Runtime, FindError> {
     let want = std::fs::metadata(socket)
         .map(|m| (m.dev(), m.ino()))
         .map_err(proc_err(socket.display().to_string()))?;
@@ -199,7 +199,7 @@ pub fn descriptors(proc: &Path, pid: u32, socket: &Path) -> Result<Runtime, Find
 
 /// Whether the runtime still listens with the same socket (same process, same inode at the
 /// first listener's descriptor).
-pub fn unchanged(proc: &Path, runtime: &Runtime) -> bool {
+pub(super) fn unchanged(proc: &Path, runtime: &Runtime) -> bool {
     let Some(fd) = runtime.listeners.first() else {
         return false;
     };

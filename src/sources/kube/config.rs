@@ -38,7 +38,7 @@ pub struct KubeArgs {
 
 /// Settings of the Kubernetes API source.
 #[derive(Debug, Clone)]
-pub struct KubeConfig {
+pub(crate) struct KubeConfig {
     /// This node's name (`spec.nodeName` of its pods).
     pub node_name: String,
     /// A kubeconfig file; `None` means in-cluster (the pod's service account).
@@ -49,7 +49,7 @@ pub struct KubeConfig {
 
 impl KubeConfig {
     /// The source's settings, or `None` without `--kube`.
-    pub fn from_args(args: &KubeArgs) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_args(args: &KubeArgs) -> Result<Option<Self>, ConfigError> {
         if !args.kube {
             if args.kubeconfig.is_some() {
                 return Err(err("kubeconfig", "only used with --kube"));

@@ -14,7 +14,7 @@ use tonic::Code;
 
 /// What one kubelet pull message says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PullMessage<'a> {
+pub(crate) enum PullMessage<'a> {
     /// A pull started.
     Pulling {
         /// Image as kubelet names it.
@@ -61,7 +61,7 @@ fn quoted(s: &str) -> Option<(&str, &str)> {
 }
 
 /// Parses one kubelet message; `None` for messages that are not about pulls.
-pub fn parse(message: &str) -> Option<PullMessage<'_>> {
+pub(crate) fn parse(message: &str) -> Option<PullMessage<'_>> {
     let m = message.trim();
     if let Some(rest) = m.strip_prefix("Pulling image ") {
         let (image, _) = quoted(rest)?;
@@ -114,7 +114,7 @@ pub fn parse(message: &str) -> Option<PullMessage<'_>> {
 
 /// Splits Go gRPC's `rpc error: code = NotFound desc = MESSAGE` into the code and the message;
 /// text without that prefix is returned whole with [`Code::Unknown`].
-pub fn split_rpc_error(error: &str) -> (Code, &str) {
+pub(crate) fn split_rpc_error(error: &str) -> (Code, &str) {
     let Some(rest) = error.trim().strip_prefix("rpc error: code = ") else {
         return (Code::Unknown, error.trim());
     };
@@ -146,7 +146,7 @@ fn go_code(name: &str) -> Code {
 }
 
 /// Parses a Go `time.Duration` string such as `1.234s`, `850ms`, `1m2.5s`, `12µs`.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_go_duration(s: &str) -> Option<Duration> {
     let mut rest = s.trim();
     if rest.is_empty() {
         return None;

@@ -11,42 +11,57 @@
 //! [`tracker::KubeTracker`] turns both into attempts, each kubelet attempt counted once.
 
 mod config;
-pub mod messages;
-pub mod tracker;
+mod convert;
+pub(crate) mod messages;
+pub(crate) mod tracker;
 
-use crate::core::attempt::{PodRef, Source};
-use crate::core::reference::ImageRef;
+use crate::core::attempt::Source;
 use crate::recorder::Recorder;
-use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
 use crate::telemetry::health::{SourceFamilies, SourceHealth};
-pub use config::{KubeArgs, KubeConfig};
+use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
+pub(crate) use config::{KubeArgs, KubeConfig};
+use convert::{event_obs, pod_obs};
 use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ContainerStatus, Event, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::{Api, Client};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::watch;
-use tracker::{Action, ContainerObs, EventObs, KubeTracker, PodObs, PullState};
+use tokio_util::sync::CancellationToken;
+use tracker::{Action, KubeTracker};
+
+/// A failing watch retries with backoff: its warning is written at most this often.
+static WATCH_FAILED: crate::telemetry::events::Throttle =
+    crate::telemetry::events::Throttle::new(crate::telemetry::events::WARN_EVERY);
 
 /// Label value of this source in `pullwatch_source_errors_total`.
-pub const SOURCE: &str = "kube";
+pub(crate) const SOURCE: &str = "kube";
+
+crate::label_enum! {
+    /// The resources the source watches: the `resource` label.
+    #[derive(PartialOrd, Ord)]
+    pub(crate) enum Resource {
+        /// This node's pods.
+        Pods => "pods",
+        /// kubelet's Events.
+        Events => "events",
+    }
+}
 
 crate::label_set! {
     /// Labels of `pullwatch_kube_watch_up`.
-    pub(crate) struct ByResource<'a> { resource: &'a str }
+    pub(crate) struct ByResource { resource: Resource }
 }
 
 /// The source's families: whether each watch works, failures seen twice and counted once, and
 /// its series of the shared source families (`source="kube"`).
 #[derive(Clone)]
-pub struct KubeMetrics {
-    watch_up: GaugeFamily<ByResource<'static>>,
+pub(crate) struct KubeMetrics {
+    watch_up: GaugeFamily<ByResource>,
     /// Label-less; its one series is created when the source starts, so the family shows
     /// (at 0) only with `--kube`.
     deduplicated: CounterFamily<()>,
@@ -55,10 +70,16 @@ pub struct KubeMetrics {
 
 impl KubeMetrics {
     /// Registers the source's families in `reg`; `shared` gives its `source="kube"` series.
-    pub fn register(reg: &MetricsRegistry, shared: &SourceFamilies) -> Result<Self, MetricsError> {
+    pub(crate) fn register(
+        reg: &MetricsRegistry,
+        shared: &SourceFamilies,
+    ) -> Result<Self, MetricsError> {
         Ok(Self {
-            watch_up: GaugeFamily::register(reg, "pullwatch_kube_watch_up")?,
-            deduplicated: CounterFamily::register(reg, "pullwatch_kube_deduplicated_total")?,
+            watch_up: GaugeFamily::register(reg, crate::family_name!("pullwatch_kube_watch_up"))?,
+            deduplicated: CounterFamily::register(
+                reg,
+                crate::family_name!("pullwatch_kube_deduplicated_total"),
+            )?,
             health: shared.health(SOURCE),
         })
     }
@@ -66,7 +87,7 @@ impl KubeMetrics {
 
 /// Why the source could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
+pub(crate) enum KubeError {
     /// The kubeconfig could not be read or used.
     #[error("--kubeconfig {path}: {problem}")]
     Kubeconfig {
@@ -92,7 +113,7 @@ fn kubeconfig_error(path: &std::path::Path, e: &kube::config::KubeconfigError) -
 }
 
 /// Builds the API client from `config` (no request is made yet).
-pub async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
+pub(crate) async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
     let cfg = match &config.kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
@@ -107,7 +128,7 @@ pub async fn client(config: &KubeConfig) -> Result<Client, KubeError> {
 }
 
 /// The source.
-pub struct KubeSource {
+pub(crate) struct KubeSource {
     config: KubeConfig,
     client: Client,
     recorder: Arc<Recorder>,
@@ -118,27 +139,19 @@ pub struct KubeSource {
     relisted: Option<HashSet<String>>,
     known_pods: HashSet<String>,
     /// When each watch (`pods`, `events`) last failed, while it counts as down.
-    failed_at: BTreeMap<&'static str, Instant>,
-    /// Pulls kubelet said it started (`Pulling`) and has not ended, in the pulls view (only
-    /// without the interposer, which sees them itself): (pod UID, image) → view id, start.
-    live: std::sync::Mutex<HashMap<(String, String), (u64, Instant)>>,
+    failed_at: BTreeMap<Resource, Instant>,
 }
-
-/// A pull kubelet started but never said it ended leaves the pulls view after this long.
-const LIVE_PULL_MAX: Duration = Duration::from_secs(30 * 60);
-/// Pulls tracked from kubelet's events at most.
-const LIVE_PULLS_MAX: usize = 4096;
 
 /// A failed watch counts as recovered after this long without a new error: the watcher retries
 /// with backoff capped at 30 s, so a watch still failing reports again within it, while a watch
 /// that resumed quietly (no relist, no event yet) yields nothing to show that it is back.
-pub const RECOVERED_AFTER: Duration = Duration::from_secs(40);
+pub(crate) const RECOVERED_AFTER: Duration = Duration::from_secs(40);
 
 impl KubeSource {
     /// A source for `config` using `client`, recording attempts and backoff signals into
     /// `recorder` (which keeps the attempts only where kube is the attempt authority), the rest
     /// into `metrics`.
-    pub fn new(
+    pub(crate) fn new(
         config: KubeConfig,
         client: Client,
         recorder: Arc<Recorder>,
@@ -161,7 +174,6 @@ impl KubeSource {
             relisted: None,
             known_pods: HashSet::new(),
             failed_at: BTreeMap::new(),
-            live: std::sync::Mutex::default(),
         }
     }
 
@@ -181,7 +193,7 @@ impl KubeSource {
     }
 
     /// Runs until `shutdown` flips to true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         let mut pods = std::pin::pin!(self.pod_stream());
         let mut events = std::pin::pin!(if self.config.watch_events {
             Either::Left(self.event_stream())
@@ -192,10 +204,10 @@ impl KubeSource {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let actions = tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = shutdown.cancelled() => return,
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    let quiet: Vec<&'static str> = self
+                    let quiet: Vec<Resource> = self
                         .failed_at
                         .iter()
                         .filter(|(_, t)| now.saturating_duration_since(**t) >= RECOVERED_AFTER)
@@ -215,19 +227,21 @@ impl KubeSource {
 
     /// Marks the watch of `resource` up (it listed, delivered an object, or stayed quiet for
     /// [`RECOVERED_AFTER`] after a failure) or down (it failed).
-    fn watch_health(&mut self, resource: &'static str, result: Result<(), &watcher::Error>) {
+    fn watch_health(&mut self, resource: Resource, result: Result<(), &watcher::Error>) {
         let m = &self.metrics;
         let labels = ByResource { resource };
         match result {
             Ok(()) => {
-                self.failed_at.remove(resource);
+                self.failed_at.remove(&resource);
                 m.watch_up.set(&labels, 1);
             }
             Err(e) => {
                 self.failed_at.insert(resource, Instant::now());
                 m.watch_up.set(&labels, 0);
                 m.health.error();
-                tracing::warn!(source = SOURCE, resource, error = %e, "Kubernetes API watch failed; retrying");
+                if let Some(suppressed) = WATCH_FAILED.allow() {
+                    tracing::warn!(source = SOURCE, %resource, error = %e, suppressed, "Kubernetes API watch failed; retrying");
+                }
             }
         }
     }
@@ -236,16 +250,16 @@ impl KubeSource {
         let e = match e {
             Ok(e) => e,
             Err(err) => {
-                self.watch_health("pods", Err(&err));
+                self.watch_health(Resource::Pods, Err(&err));
                 return Vec::new();
             }
         };
         let now = Instant::now();
         // A live change after a failure: the watch is back.
         if matches!(e, WatchEvent::Apply(_) | WatchEvent::Delete(_))
-            && self.failed_at.contains_key("pods")
+            && self.failed_at.contains_key(&Resource::Pods)
         {
-            self.watch_health("pods", Ok(()));
+            self.watch_health(Resource::Pods, Ok(()));
         }
         match e {
             WatchEvent::Init => {
@@ -263,7 +277,7 @@ impl KubeSource {
                 self.tracker.on_pod(&obs, now)
             }
             WatchEvent::InitDone => {
-                self.watch_health("pods", Ok(()));
+                self.watch_health(Resource::Pods, Ok(()));
                 // Pods deleted while the watch was down never get a Delete: drop them now.
                 let seen = self.relisted.take().unwrap_or_default();
                 let gone: Vec<String> = self.known_pods.difference(&seen).cloned().collect();
@@ -286,19 +300,19 @@ impl KubeSource {
         let e = match e {
             Ok(e) => e,
             Err(err) => {
-                self.watch_health("events", Err(&err));
+                self.watch_health(Resource::Events, Err(&err));
                 return Vec::new();
             }
         };
         if matches!(e, WatchEvent::Apply(_) | WatchEvent::Delete(_))
-            && self.failed_at.contains_key("events")
+            && self.failed_at.contains_key(&Resource::Events)
         {
-            self.watch_health("events", Ok(()));
+            self.watch_health(Resource::Events, Ok(()));
         }
         match e {
             WatchEvent::Init => Vec::new(),
             WatchEvent::InitDone => {
-                self.watch_health("events", Ok(()));
+                self.watch_health(Resource::Events, Ok(()));
                 Vec::new()
             }
             WatchEvent::InitApply(ev) | WatchEvent::Apply(ev) => {
@@ -324,18 +338,7 @@ impl KubeSource {
                     self.recorder.backing_off(&pod, &image, reason)
                 }
                 Action::Cleared { pod, image } => self.recorder.backoff_cleared(&pod, &image),
-                Action::PodGone(uid) => {
-                    let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-                    live.retain(|(pod, _), (id, _)| {
-                        let keep = *pod != uid;
-                        if !keep {
-                            self.recorder.pulls().ended(*id);
-                        }
-                        keep
-                    });
-                    drop(live);
-                    self.recorder.pod_gone(&uid);
-                }
+                Action::PodGone(uid) => self.recorder.pod_gone(&uid),
                 Action::Queued { image, wait } => {
                     self.recorder.observe_queue(&image, wait.as_secs_f64());
                 }
@@ -344,266 +347,11 @@ impl KubeSource {
                     self.metrics.deduplicated.inc(&());
                 }
                 Action::Deduplicated => {}
-                Action::PullStarted { pod, image } => self.pull_started(pod, &image),
-                Action::PullEnded { uid, image } => self.pull_ended(&uid, &image),
+                Action::PullStarted { pod, image } => self.recorder.pull_announced(pod, &image),
+                Action::PullEnded { uid, image } => {
+                    self.recorder.pull_announced_ended(&uid, &image)
+                }
             }
         }
-    }
-
-    /// kubelet started pulling `image` for `pod`: shown in the pulls view (progress, pod
-    /// events) unless an observer of CRI calls, which names each pull's pod itself, is on.
-    fn pull_started(&self, pod: PodRef, image: &str) {
-        if self.recorder.authority() == crate::recorder::Authority::Observed {
-            return;
-        }
-        let view = self.recorder.pulls();
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        live.retain(|_, (id, at)| {
-            let keep = now.saturating_duration_since(*at) < LIVE_PULL_MAX;
-            if !keep {
-                view.ended(*id);
-            }
-            keep
-        });
-        let key = (pod.uid.clone(), image.to_string());
-        if live.len() >= LIVE_PULLS_MAX || live.contains_key(&key) {
-            return;
-        }
-        let reference = ImageRef::parse(image).ok();
-        let registry = reference
-            .as_ref()
-            .map_or(crate::core::attempt::UNKNOWN_REGISTRY, |r| {
-                r.registry.as_str()
-            });
-        let repository = reference.as_ref().map(|r| r.repository.as_str());
-        if let Some(id) = view.started(image, registry, repository, Some(pod)) {
-            live.insert(key, (id, now));
-        }
-    }
-
-    fn pull_ended(&self, uid: &str, image: &str) {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((id, _)) = live.remove(&(uid.to_string(), image.to_string())) {
-            self.recorder.pulls().ended(id);
-        }
-    }
-}
-
-/// Seconds and nanoseconds since the epoch as a `SystemTime` (times before 1970 clamp to it).
-fn epoch(seconds: i64, nanos: i32) -> SystemTime {
-    SystemTime::UNIX_EPOCH
-        + Duration::from_secs(seconds.max(0).unsigned_abs())
-        + Duration::from_nanos(u64::from(nanos.max(0).unsigned_abs()))
-}
-
-fn system_time(t: &Time) -> SystemTime {
-    epoch(t.0.as_second(), t.0.subsec_nanosecond())
-}
-
-fn micro_time(t: &MicroTime) -> SystemTime {
-    epoch(t.0.as_second(), t.0.subsec_nanosecond())
-}
-
-/// The tracker's view of a kubelet Event, or `None` if it is not from this node's kubelet or not
-/// about a pod.
-pub fn event_obs(ev: &Event, node: &str) -> Option<EventObs> {
-    let host = ev
-        .source
-        .as_ref()
-        .and_then(|s| s.host.as_deref())
-        .filter(|h| !h.is_empty())
-        .or(ev.reporting_instance.as_deref());
-    if host != Some(node) || ev.involved_object.kind.as_deref() != Some("Pod") {
-        return None;
-    }
-    let o = &ev.involved_object;
-    let series_count = ev.series.as_ref().and_then(|s| s.count);
-    let count = series_count.or(ev.count).unwrap_or(1).max(1);
-    let last_seen = ev
-        .series
-        .as_ref()
-        .and_then(|s| s.last_observed_time.as_ref())
-        .map(micro_time)
-        .or_else(|| ev.last_timestamp.as_ref().map(system_time))
-        .or_else(|| ev.event_time.as_ref().map(micro_time));
-    let first_seen = ev
-        .first_timestamp
-        .as_ref()
-        .map(system_time)
-        .or_else(|| ev.event_time.as_ref().map(micro_time))
-        .or(last_seen);
-    Some(EventObs {
-        uid: ev.metadata.uid.clone()?,
-        count: u32::try_from(count).unwrap_or(1),
-        reason: ev.reason.clone().unwrap_or_default(),
-        message: ev.message.clone().unwrap_or_default(),
-        pod: PodRef {
-            namespace: o.namespace.clone().unwrap_or_default(),
-            name: o.name.clone().unwrap_or_default(),
-            uid: o.uid.clone().unwrap_or_default(),
-        },
-        first_seen,
-        last_seen,
-    })
-}
-
-/// What a container status says about its image pull.
-fn pull_state(cs: &ContainerStatus) -> PullState {
-    let Some(state) = &cs.state else {
-        return PullState::Waiting;
-    };
-    if let Some(w) = &state.waiting {
-        let message = w.message.clone().unwrap_or_default();
-        return match w.reason.as_deref() {
-            Some("ErrImagePull" | "RegistryUnavailable" | "SignatureValidationFailed") => {
-                PullState::Failed(message)
-            }
-            Some("ImagePullBackOff") => PullState::BackOff(message),
-            _ => PullState::Waiting,
-        };
-    }
-    if state.running.is_some() || state.terminated.is_some() {
-        PullState::Present
-    } else {
-        PullState::Waiting
-    }
-}
-
-/// The tracker's view of a pod, or `None` without a UID.
-pub fn pod_obs(p: &Pod) -> Option<PodObs> {
-    let pod = PodRef {
-        namespace: p.metadata.namespace.clone().unwrap_or_default(),
-        name: p.metadata.name.clone().unwrap_or_default(),
-        uid: p.metadata.uid.clone()?,
-    };
-    let mut containers = Vec::new();
-    if let Some(status) = &p.status {
-        for list in [
-            &status.init_container_statuses,
-            &status.container_statuses,
-            &status.ephemeral_container_statuses,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for cs in list {
-                containers.push(ContainerObs {
-                    name: cs.name.clone(),
-                    image: spec_image(p, &cs.name).unwrap_or_else(|| cs.image.clone()),
-                    state: pull_state(cs),
-                });
-            }
-        }
-    }
-    Some(PodObs {
-        pod,
-        created: p.metadata.creation_timestamp.as_ref().map(system_time),
-        containers,
-    })
-}
-
-/// The image the pod's spec names for container `name` (statuses of running containers show
-/// the resolved image instead).
-fn spec_image(p: &Pod, name: &str) -> Option<String> {
-    let spec = p.spec.as_ref()?;
-    spec.containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .find(|c| c.name == name)
-        .and_then(|c| c.image.clone())
-        .or_else(|| {
-            spec.ephemeral_containers
-                .iter()
-                .flatten()
-                .find(|c| c.name == name)
-                .and_then(|c| c.image.clone())
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(json: serde_json::Value) -> Event {
-        serde_json::from_value(json).unwrap()
-    }
-
-    #[test]
-    fn kubelet_events_of_this_node_only() {
-        let mut j = serde_json::json!({
-            "metadata": {"name": "web-1.17f", "namespace": "shop", "uid": "ev-1"},
-            "involvedObject": {"kind": "Pod", "namespace": "shop", "name": "web-1", "uid": "pod-1",
-                               "fieldPath": "spec.containers{app}"},
-            "reason": "Failed",
-            "message": "Failed to pull image \"nginx:nope\": not found",
-            "source": {"component": "kubelet", "host": "node-a"},
-            "firstTimestamp": "2026-11-25T10:00:00Z",
-            "lastTimestamp": "2026-11-25T10:05:00Z",
-            "count": 3,
-            "type": "Warning"
-        });
-        let obs = event_obs(&event(j.clone()), "node-a").unwrap();
-        assert_eq!(obs.count, 3);
-        assert_eq!(obs.pod.uid, "pod-1");
-        assert_eq!(
-            obs.last_seen
-                .unwrap()
-                .duration_since(obs.first_seen.unwrap())
-                .ok(),
-            Some(Duration::from_secs(300))
-        );
-        assert!(event_obs(&event(j.clone()), "node-b").is_none());
-        // events.k8s.io-style (series, reportingInstance, no source.host).
-        j["source"] = serde_json::json!({"component": "kubelet", "host": ""});
-        j["reportingInstance"] = "node-b".into();
-        j["series"] =
-            serde_json::json!({"count": 9, "lastObservedTime": "2026-11-25T10:09:00.000000Z"});
-        let obs = event_obs(&event(j), "node-b").unwrap();
-        assert_eq!(obs.count, 9);
-    }
-
-    #[test]
-    fn container_states_and_spec_images() {
-        let p: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web-1", "namespace": "shop", "uid": "pod-1",
-                         "creationTimestamp": "2026-11-25T10:00:00Z"},
-            "spec": {"nodeName": "node-a",
-                     "initContainers": [{"name": "init", "image": "busybox"}],
-                     "containers": [{"name": "app", "image": "nginx:nope"}, {"name": "side", "image": "envoy:1"}]},
-            "status": {
-                "initContainerStatuses": [{"name": "init", "image": "docker.io/library/busybox:latest", "imageID": "", "ready": true, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": 0}}}],
-                "containerStatuses": [
-                    {"name": "app", "image": "nginx:nope", "imageID": "", "ready": false, "restartCount": 0,
-                     "state": {"waiting": {"reason": "ErrImagePull", "message": "rpc error: code = NotFound desc = not found"}}},
-                    {"name": "side", "image": "envoy:1", "imageID": "", "ready": false, "restartCount": 0,
-                     "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"envoy:1\""}}}
-                ]}
-        }))
-        .unwrap();
-        let obs = pod_obs(&p).unwrap();
-        let states: Vec<(&str, &str, &PullState)> = obs
-            .containers
-            .iter()
-            .map(|c| (c.name.as_str(), c.image.as_str(), &c.state))
-            .collect();
-        assert_eq!(
-            states,
-            vec![
-                ("init", "busybox", &PullState::Present),
-                (
-                    "app",
-                    "nginx:nope",
-                    &PullState::Failed("rpc error: code = NotFound desc = not found".into())
-                ),
-                (
-                    "side",
-                    "envoy:1",
-                    &PullState::BackOff("Back-off pulling image \"envoy:1\"".into())
-                ),
-            ]
-        );
-        assert!(obs.created.is_some());
     }
 }

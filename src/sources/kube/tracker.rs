@@ -23,19 +23,19 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long a pull failure seen in a pod status waits for kubelet's `Failed` event (and how far
 /// apart the two may be to count as one attempt).
-pub const DEDUP_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const DEDUP_WINDOW: Duration = Duration::from_secs(30);
 
 /// Events older than this (by their last timestamp) are forgotten; the API server's default
 /// event TTL is one hour.
-pub const EVENT_MEMORY: Duration = Duration::from_secs(2 * 3600);
+pub(crate) const EVENT_MEMORY: Duration = Duration::from_secs(2 * 3600);
 
 /// At most this many Events are remembered (a node's pods rarely produce more than a few hundred
 /// pull events an hour); beyond it the oldest are dropped first.
-pub const MAX_TRACKED_EVENTS: usize = 20_000;
+pub(crate) const MAX_TRACKED_EVENTS: usize = 20_000;
 
 /// A kubelet Event about a pod on this node, reduced to what matters.
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventObs {
+pub(crate) struct EventObs {
     /// Event UID (the key of its repeats).
     pub uid: String,
     /// Occurrences so far (`count`, or `series.count`; at least 1).
@@ -54,7 +54,7 @@ pub struct EventObs {
 
 /// What a container's state says about pulling its image.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PullState {
+pub(crate) enum PullState {
     /// The last pull failed (`ErrImagePull`, `RegistryUnavailable`, `SignatureValidationFailed`)
     /// with this message.
     Failed(String),
@@ -68,7 +68,7 @@ pub enum PullState {
 
 /// One container of a pod, as its status shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerObs {
+pub(crate) struct ContainerObs {
     /// Container name.
     pub name: String,
     /// Image as the spec names it.
@@ -79,7 +79,7 @@ pub struct ContainerObs {
 
 /// A pod on this node.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PodObs {
+pub(crate) struct PodObs {
     /// The pod.
     pub pod: PodRef,
     /// `metadata.creationTimestamp`.
@@ -90,7 +90,7 @@ pub struct PodObs {
 
 /// What the source should do with the recorder.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Record one attempt.
     Record(PullAttempt),
     /// kubelet backs off `image` for `pod`; `reason` is the last failure's cause if it said.
@@ -153,7 +153,7 @@ struct PendingStatus {
 
 /// The state machine. See the module docs for the rules.
 #[derive(Debug)]
-pub struct KubeTracker {
+pub(crate) struct KubeTracker {
     since: SystemTime,
     events: HashMap<String, SeenEvent>,
     /// Container states by (pod uid, container name).
@@ -170,7 +170,7 @@ pub struct KubeTracker {
 impl KubeTracker {
     /// A tracker for an agent started at `since`. It reports every attempt it sees; whether they
     /// are recorded is the recorder's decision (the attempt authority), not the tracker's.
-    pub fn new(since: SystemTime) -> Self {
+    pub(crate) fn new(since: SystemTime) -> Self {
         // Kubernetes timestamps have second resolution: compare against the start's second.
         let since = since
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -189,7 +189,7 @@ impl KubeTracker {
 
     /// For a source that does not watch Events: status failures count at the next tick, since
     /// no event will come to stand for them.
-    pub fn without_events(mut self) -> Self {
+    pub(crate) fn without_events(mut self) -> Self {
         self.wait_for_event = Duration::ZERO;
         self
     }
@@ -214,7 +214,7 @@ impl KubeTracker {
     }
 
     /// Feeds one Event (added, modified or relisted).
-    pub fn on_event(&mut self, ev: &EventObs, now: Instant) -> Vec<Action> {
+    pub(crate) fn on_event(&mut self, ev: &EventObs, now: Instant) -> Vec<Action> {
         let parsed = messages::parse(&ev.message);
         let relevant = matches!(
             (ev.reason.as_str(), &parsed),
@@ -346,7 +346,7 @@ impl KubeTracker {
     }
 
     /// Feeds one pod (added, modified or relisted).
-    pub fn on_pod(&mut self, p: &PodObs, now: Instant) -> Vec<Action> {
+    pub(crate) fn on_pod(&mut self, p: &PodObs, now: Instant) -> Vec<Action> {
         let new_pod = p.created.is_some_and(|t| t >= self.since);
         let mut out = Vec::new();
         for c in &p.containers {
@@ -408,7 +408,7 @@ impl KubeTracker {
     }
 
     /// The pod with `uid` was deleted.
-    pub fn on_pod_deleted(&mut self, uid: &str) -> Vec<Action> {
+    pub(crate) fn on_pod_deleted(&mut self, uid: &str) -> Vec<Action> {
         self.containers.retain(|(u, _), _| u != uid);
         self.unmatched_events.retain(|(u, _), _| u != uid);
         // A failure seen just before deletion still happened: keep it pending.
@@ -416,12 +416,12 @@ impl KubeTracker {
     }
 
     /// The Event with `uid` was deleted (expired): forget its count.
-    pub fn on_event_deleted(&mut self, uid: &str) {
+    pub(crate) fn on_event_deleted(&mut self, uid: &str) {
         self.events.remove(uid);
     }
 
     /// Emits status failures whose event never came, and forgets old state. Call every second.
-    pub fn tick(&mut self, now: Instant, wall: SystemTime) -> Vec<Action> {
+    pub(crate) fn tick(&mut self, now: Instant, wall: SystemTime) -> Vec<Action> {
         let mut out = Vec::new();
         self.pending.retain(|_, q| {
             while q.front().is_some_and(|p| p.deadline <= now) {
@@ -456,7 +456,7 @@ impl KubeTracker {
 
     /// Number of Events remembered (for tests and bounds).
     #[cfg(test)]
-    pub fn tracked_events(&self) -> usize {
+    pub(crate) fn tracked_events(&self) -> usize {
         self.events.len()
     }
 }

@@ -40,7 +40,7 @@ pub struct ProbeArgs {
 
 /// Settings of the probe.
 #[derive(Debug, Clone)]
-pub struct ProbeConfig {
+pub(crate) struct ProbeConfig {
     /// What to probe.
     pub targets: Vec<ProbeTarget>,
     /// Mean interval between probes of one target.
@@ -51,7 +51,7 @@ pub struct ProbeConfig {
 
 impl ProbeConfig {
     /// The probe's settings, or `None` without `--ratelimit-probe`.
-    pub fn from_args(args: &ProbeArgs) -> Result<Option<Self>, ConfigError> {
+    pub(crate) fn from_args(args: &ProbeArgs) -> Result<Option<Self>, ConfigError> {
         let specs: Vec<&str> = args
             .ratelimit_probe
             .iter()

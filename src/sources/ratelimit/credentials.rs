@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// A user name and password for one registry.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     /// User name.
     pub username: String,
     /// Password or access token.
@@ -23,7 +23,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// The `Authorization: Basic ...` value.
-    pub fn basic(&self) -> String {
+    pub(crate) fn basic(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
         format!(
             "Basic {}",
@@ -35,7 +35,7 @@ impl Credentials {
 /// Why the file could not be used.
 #[derive(Debug, thiserror::Error)]
 #[error("--ratelimit-probe-auth {path}: {problem}")]
-pub struct CredentialsError {
+pub(crate) struct CredentialsError {
     /// File.
     pub path: PathBuf,
     /// What is wrong (never a secret).
@@ -57,7 +57,7 @@ struct AuthEntry {
 
 /// Credentials by registry host (normalized: Docker Hub's keys become `docker.io`).
 #[derive(Debug, Default, Clone)]
-pub struct CredentialStore(HashMap<String, Credentials>);
+pub(crate) struct CredentialStore(HashMap<String, Credentials>);
 
 /// The host a `.dockerconfigjson` key names: keys may be URLs (`https://index.docker.io/v1/`).
 fn host_of_key(key: &str) -> String {
@@ -74,7 +74,7 @@ fn host_of_key(key: &str) -> String {
 
 impl CredentialStore {
     /// Reads `path`.
-    pub fn load(path: &Path) -> Result<Self, CredentialsError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, CredentialsError> {
         let err = |problem: String| CredentialsError {
             path: path.to_path_buf(),
             problem,
@@ -84,7 +84,7 @@ impl CredentialStore {
     }
 
     /// Parses the JSON text of a `.dockerconfigjson`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         // serde_json's messages quote no input values, only positions and types.
         let cfg: DockerConfig =
             serde_json::from_str(text).map_err(|e| format!("not a .dockerconfigjson: {e}"))?;
@@ -119,7 +119,7 @@ impl CredentialStore {
     }
 
     /// Credentials for `host` (`docker.io` for Docker Hub), if any.
-    pub fn get(&self, host: &str) -> Option<&Credentials> {
+    pub(crate) fn get(&self, host: &str) -> Option<&Credentials> {
         self.0.get(&host_of_key(host))
     }
 }

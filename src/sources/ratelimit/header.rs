@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// One parsed header value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
+pub(crate) struct Quota {
     /// The number (limit, or what remains).
     pub value: u64,
     /// The window, when the value names one (`;w=SECONDS`).
@@ -15,11 +15,11 @@ pub struct Quota {
 /// Why a header value is not a quota.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable rate-limit header value {0:?}")]
-pub struct QuotaError(pub String);
+pub(crate) struct QuotaError(pub String);
 
 /// Parses `N`, `N;w=SECONDS` (parameters in any order, unknown ones ignored). When a server
 /// sends several policies separated by `,`, the first is the one in force.
-pub fn parse(value: &str) -> Result<Quota, QuotaError> {
+pub(crate) fn parse(value: &str) -> Result<Quota, QuotaError> {
     let bad = || QuotaError(value.chars().take(64).collect());
     let first = value.split(',').next().unwrap_or("").trim();
     let mut parts = first.split(';');

@@ -8,14 +8,14 @@
 //! nothing remains.
 
 mod config;
-pub mod credentials;
-pub mod header;
-pub mod target;
+pub(crate) mod credentials;
+pub(crate) mod header;
+pub(crate) mod target;
 
 use crate::recorder::ByRegistry;
 use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
 use bytes::Bytes;
-pub use config::{ProbeArgs, ProbeConfig};
+pub(crate) use config::{ProbeArgs, ProbeConfig};
 use credentials::Credentials;
 use http::{Method, Request, Response, StatusCode, header as h};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -25,13 +25,13 @@ use hyper_util::rt::TokioExecutor;
 use std::sync::Arc;
 use std::time::Duration;
 use target::ProbeTarget;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Label value of the probe in logs.
-pub const SOURCE: &str = "ratelimit_probe";
+pub(crate) const SOURCE: &str = "ratelimit_probe";
 
 /// One probe may take this long (token and HEAD together).
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest token response read.
 const MAX_TOKEN_BODY: usize = 64 * 1024;
@@ -41,7 +41,7 @@ const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.d
 
 /// What one probe learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Headroom {
+pub(crate) struct Headroom {
     /// Pulls allowed per window.
     pub limit: u64,
     /// Pulls left in the current window.
@@ -52,7 +52,7 @@ pub struct Headroom {
 
 /// Why a probe failed. Never carries a credential or token.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     /// The request could not be made or the connection failed.
     #[error("request to {url} failed: {detail}")]
     Http {
@@ -99,7 +99,7 @@ pub(crate) fn https_client() -> std::io::Result<HttpsClient> {
 }
 
 /// Parses a `WWW-Authenticate` challenge: the scheme and its `key="value"` parameters.
-pub fn parse_challenge(value: &str) -> Option<(String, Vec<(String, String)>)> {
+pub(crate) fn parse_challenge(value: &str) -> Option<(String, Vec<(String, String)>)> {
     let value = value.trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let mut params = Vec::new();
@@ -148,7 +148,7 @@ fn may_send_credentials(url: &str) -> bool {
 
 /// The probe's families: each registry's quota as its headers state it, and failed probes.
 #[derive(Clone)]
-pub struct RateLimitMetrics {
+pub(crate) struct RateLimitMetrics {
     limit: GaugeFamily<ByRegistry<'static>>,
     remaining: GaugeFamily<ByRegistry<'static>>,
     window: GaugeFamily<ByRegistry<'static>>,
@@ -157,21 +157,30 @@ pub struct RateLimitMetrics {
 
 impl RateLimitMetrics {
     /// Registers the probe's families in `reg`.
-    pub fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
+    pub(crate) fn register(reg: &MetricsRegistry) -> Result<Self, MetricsError> {
         Ok(Self {
-            limit: GaugeFamily::register(reg, "pullwatch_registry_ratelimit_limit")?,
-            remaining: GaugeFamily::register(reg, "pullwatch_registry_ratelimit_remaining")?,
-            window: GaugeFamily::register(reg, "pullwatch_registry_ratelimit_window_seconds")?,
+            limit: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_registry_ratelimit_limit"),
+            )?,
+            remaining: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_registry_ratelimit_remaining"),
+            )?,
+            window: GaugeFamily::register(
+                reg,
+                crate::family_name!("pullwatch_registry_ratelimit_window_seconds"),
+            )?,
             errors: CounterFamily::register(
                 reg,
-                "pullwatch_registry_ratelimit_probe_errors_total",
+                crate::family_name!("pullwatch_registry_ratelimit_probe_errors_total"),
             )?,
         })
     }
 }
 
 /// The probe.
-pub struct RateLimitProbe {
+pub(crate) struct RateLimitProbe {
     config: ProbeConfig,
     client: HttpsClient,
     metrics: RateLimitMetrics,
@@ -179,7 +188,7 @@ pub struct RateLimitProbe {
 
 impl RateLimitProbe {
     /// A probe for `config`, exporting into `metrics`.
-    pub fn new(config: ProbeConfig, metrics: RateLimitMetrics) -> std::io::Result<Self> {
+    pub(crate) fn new(config: ProbeConfig, metrics: RateLimitMetrics) -> std::io::Result<Self> {
         Ok(Self {
             config,
             client: https_client()?,
@@ -280,7 +289,7 @@ impl RateLimitProbe {
     }
 
     /// Probes `target` once.
-    pub async fn probe(&self, target: &ProbeTarget) -> Result<Option<Headroom>, ProbeError> {
+    pub(crate) async fn probe(&self, target: &ProbeTarget) -> Result<Option<Headroom>, ProbeError> {
         let url = target.manifest_url();
         let creds = self.config.credentials.get(&target.registry);
         let mut resp = self.send(Method::HEAD, &url, None).await?;
@@ -370,7 +379,7 @@ impl RateLimitProbe {
     }
 
     /// Probes every target now, then every interval (±10%), until `shutdown` flips to true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         // Make sure the error counter exists from the start (so increase() sees the first error).
         for t in &self.config.targets {
             self.metrics.errors.with(&ByRegistry {
@@ -388,7 +397,7 @@ impl RateLimitProbe {
             let wait = jittered(self.config.interval);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                () = shutdown.cancelled() => return,
             }
         }
     }

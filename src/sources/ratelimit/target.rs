@@ -3,15 +3,15 @@
 use crate::core::reference::{DOCKER_HUB, ImageRef};
 
 /// Docker Hub's registry API host.
-pub const DOCKER_HUB_API: &str = "https://registry-1.docker.io";
+pub(crate) const DOCKER_HUB_API: &str = "https://registry-1.docker.io";
 
 /// The repository Docker Hub documents for reading the limit: a HEAD of its manifest returns the
 /// `ratelimit-*` headers and does not count as a pull.
-pub const DOCKER_HUB_PROBE_REPOSITORY: &str = "ratelimitpreview/test";
+pub(crate) const DOCKER_HUB_PROBE_REPOSITORY: &str = "ratelimitpreview/test";
 
 /// One probe target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeTarget {
+pub(crate) struct ProbeTarget {
     /// The `registry` label (normalized like image references: `docker.io`, `host:port`).
     pub registry: String,
     /// `scheme://host[:port]` of the registry API.
@@ -24,7 +24,7 @@ pub struct ProbeTarget {
 
 impl ProbeTarget {
     /// Parses `docker.io`, `docker.io/REPO[:TAG]`, or `[http://|https://]HOST[:PORT]/REPO[:TAG]`.
-    pub fn parse(spec: &str) -> Result<Self, String> {
+    pub(crate) fn parse(spec: &str) -> Result<Self, String> {
         let spec = spec.trim();
         let (scheme, rest) = match spec.split_once("://") {
             Some((s @ ("http" | "https"), r)) => (Some(s), r),
@@ -81,7 +81,7 @@ impl ProbeTarget {
     }
 
     /// The manifest URL to HEAD.
-    pub fn manifest_url(&self) -> String {
+    pub(crate) fn manifest_url(&self) -> String {
         format!(
             "{}/v2/{}/manifests/{}",
             self.base, self.repository, self.reference
