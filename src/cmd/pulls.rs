@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn the_table_shows_progress_and_causes() {
         let v = PullsView::default();
-        v.started("a.io/x:1", "a.io", Some("x"), None);
+        v.started("a.io/x:1", "a.io", Some("x"), None, false);
         let text = render(&v.snapshot());
         assert!(text.contains("PULLS IN PROGRESS (1)"), "{text}");
         assert!(

@@ -7,5 +7,6 @@ pub mod backoff;
 pub mod cardinality;
 pub mod classifier;
 pub mod progress;
+pub mod rate;
 pub mod reason;
 pub mod reference;

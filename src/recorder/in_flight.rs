@@ -66,15 +66,16 @@ impl Recorder {
         let repository = reference.map(|r| r.repository.as_str());
         guard.shown = self
             .pulls
-            .started(image, registry, repository, pod)
+            .started(image, registry, repository, pod, false)
             .map(|id| (self.pulls.clone(), id));
         guard
     }
 
-    /// kubelet started pulling `image` for `pod` (the Kubernetes API says so): shown in the
-    /// pulls view until [`Self::pull_announced_ended`], unless an observer of CRI calls, which
-    /// shows each pull with its pod itself, runs.
-    pub(crate) fn pull_announced(&self, pod: PodRef, image: &str) {
+    /// kubelet started pulling `image` for `pod` (the Kubernetes API says so; `tentative`: it
+    /// may be, as the pod's container is being created): shown in the pulls view until
+    /// [`Self::pull_announced_ended`] (a tentative one only once downloads of its repository are
+    /// seen), unless an observer of CRI calls, which shows each pull with its pod itself, runs.
+    pub(crate) fn pull_announced(&self, pod: PodRef, image: &str, tentative: bool) {
         if self.authority() == Authority::Observed {
             return;
         }
@@ -94,7 +95,10 @@ impl Recorder {
         let reference = ImageRef::parse(image).ok();
         let registry = registry_of(reference.as_ref());
         let repository = reference.as_ref().map(|r| r.repository.as_str());
-        if let Some(id) = self.pulls.started(image, registry, repository, Some(pod)) {
+        let shown = self
+            .pulls
+            .started(image, registry, repository, Some(pod), tentative);
+        if let Some(id) = shown {
             announced.0.insert(key, (id, now));
         }
     }
@@ -170,7 +174,7 @@ mod tests {
         };
         let reg = MetricsRegistry::new().unwrap();
         let r = Recorder::new(&RecorderConfig::default(), &reg).unwrap();
-        r.pull_announced(pod.clone(), "a.io/x:1");
+        r.pull_announced(pod.clone(), "a.io/x:1", false);
         assert!(
             r.pulls().snapshot().in_progress.is_empty(),
             "the observer shows it"
@@ -184,9 +188,9 @@ mod tests {
         };
         let reg = MetricsRegistry::new().unwrap();
         let r = Recorder::new(&cfg, &reg).unwrap();
-        r.pull_announced(pod.clone(), "a.io/x:1");
-        r.pull_announced(pod.clone(), "a.io/x:1");
-        r.pull_announced(pod.clone(), "a.io/y:1");
+        r.pull_announced(pod.clone(), "a.io/x:1", false);
+        r.pull_announced(pod.clone(), "a.io/x:1", false);
+        r.pull_announced(pod.clone(), "a.io/y:1", false);
         assert_eq!(
             r.pulls().snapshot().in_progress.len(),
             2,

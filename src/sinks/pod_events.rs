@@ -9,6 +9,7 @@
 //! budget are dropped and counted, and a failing API server pauses writing, not observing.
 
 use crate::core::attempt::{AttemptResult, PodRef};
+use crate::core::rate::Budget;
 use crate::sinks::pulls::{Finished, InProgress, PullsView, human_bytes, human_duration};
 use crate::telemetry::{CounterFamily, MetricsError, MetricsRegistry};
 use k8s_openapi::api::core::v1::Event;
@@ -114,40 +115,6 @@ impl PodEventsMetrics {
 
     fn count(&self, reason: EventReason, result: WriteResult) {
         self.events.inc(&ReasonResult { reason, result });
-    }
-}
-
-/// A token bucket: `rate` tokens a second, at most `burst` saved.
-#[derive(Debug)]
-pub(crate) struct Budget {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Budget {
-    /// A full bucket.
-    pub(crate) fn new(rate: f64, burst: f64, now: Instant) -> Self {
-        Self {
-            rate,
-            burst,
-            tokens: burst,
-            at: now,
-        }
-    }
-
-    /// Takes a token if one is there.
-    pub(crate) fn take(&mut self, now: Instant) -> bool {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -489,17 +456,6 @@ pub(crate) fn timestamp(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_budget_allows_a_burst_then_the_rate() {
-        let t0 = Instant::now();
-        let mut b = Budget::new(5.0, 20.0, t0);
-        let burst = (0..100).filter(|_| b.take(t0)).count();
-        assert_eq!(burst, 20);
-        let later = t0 + Duration::from_secs(2);
-        let more = (0..100).filter(|_| b.take(later)).count();
-        assert_eq!(more, 10, "5 a second");
-    }
 
     #[test]
     fn timestamps_are_rfc3339() {

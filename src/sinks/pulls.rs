@@ -30,6 +30,8 @@ struct Live {
     started: Instant,
     /// Bytes this repository had committed when the pull started.
     committed_at_start: u64,
+    /// Announced from a pod status only: shown once downloads of its repository are seen.
+    tentative: bool,
 }
 
 crate::label_enum! {
@@ -151,6 +153,7 @@ impl PullsView {
         registry: &str,
         repository: Option<&str>,
         pod: Option<PodRef>,
+        tentative: bool,
     ) -> Option<u64> {
         let mut inner = self.lock();
         if inner.live.len() >= LIVE_MAX {
@@ -178,6 +181,7 @@ impl PullsView {
                 key,
                 started: Instant::now(),
                 committed_at_start,
+                tentative,
             },
         );
         Some(id)
@@ -263,7 +267,7 @@ impl PullsView {
         let in_progress = inner
             .live
             .iter()
-            .map(|(id, l)| {
+            .filter_map(|(id, l)| {
                 let none = Downloads::default();
                 let d = l
                     .key
@@ -288,6 +292,10 @@ impl PullsView {
                 } else {
                     LivePhase::Resolve
                 };
+                // A pull only a pod status announced shows once its downloads do.
+                if l.tentative && phase == LivePhase::Resolve {
+                    return None;
+                }
                 let steady = l
                     .key
                     .as_ref()
@@ -300,7 +308,7 @@ impl PullsView {
                     });
                 let eta_seconds = (steady && d.rate > 0.0 && bytes_total > bytes_done)
                     .then(|| (bytes_total - bytes_done) as f64 / d.rate);
-                InProgress {
+                Some(InProgress {
                     id: *id,
                     pod: l.pod.clone(),
                     image: l.image.clone(),
@@ -316,7 +324,7 @@ impl PullsView {
                     rate_bytes_per_second: d.rate,
                     eta_seconds,
                     stalled_since_unix_ms: d.stalled_since.map(unix_ms),
-                }
+                })
             })
             .collect();
         Snapshot {
@@ -403,6 +411,34 @@ mod tests {
     use tonic::Code;
 
     #[test]
+    fn a_tentative_pull_shows_once_its_downloads_do() {
+        let v = PullsView::default();
+        v.started(
+            "127.0.0.1:5000/team/app:1",
+            "127.0.0.1:5000",
+            Some("team/app"),
+            None,
+            true,
+        )
+        .unwrap();
+        assert!(
+            v.snapshot().in_progress.is_empty(),
+            "no download: maybe no pull"
+        );
+        let key = ("127.0.0.1".to_string(), "team/app".to_string());
+        let d = Downloads {
+            bytes: 300,
+            total: 1000,
+            count: 1,
+            rate: 100.0,
+            stalled_since: None,
+            image: None,
+        };
+        v.set_downloads(HashMap::from([(key, d)]));
+        assert_eq!(v.snapshot().in_progress[0].phase, LivePhase::Download);
+    }
+
+    #[test]
     fn a_live_pull_shows_its_repositorys_downloads_and_ends() {
         let v = PullsView::default();
         let id = v
@@ -411,6 +447,7 @@ mod tests {
                 "127.0.0.1:5000",
                 Some("team/app"),
                 None,
+                false,
             )
             .unwrap();
         assert_eq!(v.snapshot().in_progress[0].phase, LivePhase::Resolve);

@@ -262,11 +262,15 @@ impl RuntimeStatusSource {
             let result = self.poll().await;
             let health = &self.metrics.health;
             match result {
-                Ok(()) => health.set_up(true),
+                Ok(()) => {
+                    health.set_up(true);
+                    health.set_source_up(true);
+                }
                 Err(e) => {
                     // Reconnect next time: the runtime may have restarted.
                     self.client = None;
                     health.set_up(false);
+                    health.set_source_up(false);
                     health.error();
                     tracing::warn!(source = SOURCE, socket = %self.socket.display(), error = %crate::causes::Causes(&e), "runtime poll failed");
                 }

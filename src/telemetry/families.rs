@@ -166,7 +166,7 @@ pub const FAMILIES: &[Family] = &[
         "pullwatch_source_up",
         Gauge,
         ["source"],
-        "Whether a source runs as configured (1) or not (0: the kernel tap could not load, say); see the log line for why."
+        "Whether a source works (1) or not (0): the interposer listening, the tap attached, containerd and the runtime status poller connected, the Kubernetes API watches listed; the log says why not."
     ),
     family!(
         "pullwatch_cri_tap_connections",
@@ -335,6 +335,12 @@ pub const FAMILIES: &[Family] = &[
         Counter,
         [],
         "Pull failures seen both in a pod status and as a kubelet event, counted once."
+    ),
+    family!(
+        "pullwatch_kube_event_reads_total",
+        Counter,
+        ["result"],
+        "Per-pod reads of kubelet's Pulled Events (--kube-events=per-pod), by result (ok|error|dropped): one per pod whose containers started after a pull, bounded per node."
     ),
 ];
 

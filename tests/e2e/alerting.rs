@@ -233,10 +233,27 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
         let name = a["labels"]["alertname"].as_str().unwrap();
         assert_eq!(
             a["annotations"]["runbook_url"].as_str().unwrap(),
-            format!("https://github.com/pullwatch/pullwatch/blob/main/docs/runbooks/{name}.md")
+            format!("docs/runbooks/{name}.md")
         );
     }
 
+    // What one agent with every source on costs Prometheus here (README: Running at fleet
+    // scale): its series, and the registries they cover.
+    let m = agent.scrape();
+    let series = m
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    let registries: std::collections::BTreeSet<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("pullwatch_image_pulls_total{"))
+        .filter_map(|l| l.split("registry=\"").nth(1)?.split('"').next())
+        .collect();
+    eprintln!(
+        "series exported by one agent with every source on, pulls from {} registries: {series}",
+        registries.len()
+    );
+    assert!(series < 2_000, "{series} series");
     // (1) Every dashboard expression returns data; every alert expression parses.
     let mut empty = Vec::new();
     for e in dashboard_exprs() {

@@ -166,7 +166,7 @@ fn bad_input_and_config_exit_64_with_one_line() {
                 "run",
                 "--containerd-socket",
                 "/c.sock",
-                "--kube-events=false",
+                "--kube-events=cluster",
             ][..],
             "--kube-events: only used with --kube",
         ),

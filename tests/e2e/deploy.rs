@@ -243,9 +243,113 @@ fn rules_pass_promtool_and_their_unit_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
-fn alerts() -> Vec<Value> {
+fn group(name: &str) -> Vec<Value> {
     let file = &yaml(&read("deploy/prometheus/pullwatch-rules.yml"))[0];
-    file["groups"][0]["rules"].as_array().unwrap().clone()
+    let group = file["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .unwrap_or_else(|| panic!("no rule group {name}"));
+    group["rules"].as_array().unwrap().clone()
+}
+
+fn alerts() -> Vec<Value> {
+    group("pullwatch.alerts")
+}
+
+/// The recorded series' names.
+fn recorded() -> BTreeSet<String> {
+    group("pullwatch.recording")
+        .iter()
+        .map(|r| r["record"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_recording_rule_is_unit_tested_and_the_dashboard_reads_them() {
+    let tests = read("deploy/prometheus/pullwatch-rules.test.yml");
+    let recorded = recorded();
+    assert!(recorded.len() >= 10, "{recorded:?}");
+    for r in &recorded {
+        let tested = tests.lines().any(|l| {
+            l.trim_start().starts_with("- expr: ")
+                && l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                    .any(|w| w == r)
+        });
+        assert!(tested, "no promql_expr_test evaluates {r}");
+    }
+    for e in dashboard_exprs() {
+        // No raw rate or increase: a 5,000-node dashboard reads recorded series.
+        assert!(
+            !e.contains("rate(") && !e.contains("increase("),
+            "raw rate in the dashboard: {e}"
+        );
+        // Every recorded name it reads exists.
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            if word.contains(':') && word.contains("pullwatch") {
+                assert!(recorded.contains(word), "{word} is not recorded: {e}");
+            }
+        }
+        if e.contains("histogram_quantile(") {
+            assert!(e.contains(":rate5m"), "quantile over raw buckets: {e}");
+        }
+        // Nodes are named by `node`, not by the scrape address.
+        assert!(!e.contains("instance"), "{e}");
+    }
+}
+
+#[test]
+fn scrape_configs_name_the_node_with_the_jobs_pullwatchdown_watches() {
+    let jobs = yaml(&read("deploy/prometheus/scrape-configs.yml"))[0].clone();
+    let jobs = jobs.as_array().unwrap();
+    let names: Vec<&str> = jobs
+        .iter()
+        .map(|j| j["job_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["pullwatch", "pullwatch-host"]);
+    let down = alerts()
+        .into_iter()
+        .find(|a| a["alert"] == "PullwatchDown")
+        .unwrap();
+    let expr = down["expr"].as_str().unwrap();
+    for j in jobs {
+        let name = j["job_name"].as_str().unwrap();
+        let watched = expr
+            .split("job=~\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("");
+        assert!(
+            watched.split('|').any(|j| j == name),
+            "PullwatchDown misses {name}: {expr}"
+        );
+        let relabels = j["relabel_configs"].as_array().unwrap();
+        assert!(
+            relabels.iter().any(|r| r["target_label"] == "node"
+                && r["source_labels"][0]
+                    .as_str()
+                    .is_some_and(|s| s.ends_with("node_name"))),
+            "{name} sets no node label"
+        );
+        assert!(j["kubernetes_sd_configs"][0]["role"].is_string());
+    }
+    // The ServiceMonitor does the same, and its job is `pullwatch`.
+    let docs = render("deploy/kubernetes/overlays/prometheus-operator");
+    let sm = kind(&docs, "ServiceMonitor");
+    assert_eq!(sm["spec"]["jobLabel"], "app.kubernetes.io/name");
+    let service = kind(&docs, "Service");
+    assert_eq!(
+        service["metadata"]["labels"]["app.kubernetes.io/name"],
+        "pullwatch"
+    );
+    let relabel = &sm["spec"]["endpoints"][0]["relabelings"][0];
+    assert_eq!(relabel["targetLabel"], "node");
+    // Alert texts name the node, never the scrape address.
+    for a in alerts() {
+        let text = format!("{}", a["annotations"]);
+        assert!(!text.contains("$labels.instance"), "{}: {text}", a["alert"]);
+    }
 }
 
 #[test]
@@ -290,8 +394,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         .match_indices("pullwatch_")
         .chain(expr.match_indices("process_"))
     {
+        // Part of another name, or of a recorded series' name (`level:metric:operation`).
         if i > 0
-            && (expr.as_bytes()[i - 1].is_ascii_alphanumeric() || expr.as_bytes()[i - 1] == b'_')
+            && (expr.as_bytes()[i - 1].is_ascii_alphanumeric()
+                || matches!(expr.as_bytes()[i - 1], b'_' | b':'))
         {
             continue;
         }
@@ -348,6 +454,7 @@ fn dashboard_is_valid_and_uses_only_real_metrics() {
     for e in dashboard_exprs().iter().chain(
         alerts()
             .iter()
+            .chain(group("pullwatch.recording").iter())
             .map(|a| a["expr"].as_str().unwrap().to_string())
             .collect::<Vec<_>>()
             .iter(),

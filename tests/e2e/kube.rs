@@ -72,7 +72,7 @@ async fn failures_successes_and_backoff_come_from_the_api() {
             Some(waiting("ErrImagePull", RATE_LIMITED)),
         ),
     );
-    let agent = start(&api, dir.path(), &[]);
+    let agent = start(&api, dir.path(), &["--kube-events=cluster"]);
     api.wait_for_watchers(Kind::Pods, 1).await;
     api.wait_for_watchers(Kind::Events, 1).await;
     api.apply(
@@ -280,7 +280,7 @@ async fn failures_successes_and_backoff_come_from_the_api() {
 async fn a_failure_only_in_the_status_counts_once_after_the_window() {
     let dir = tempfile::tempdir().unwrap();
     let api = KubeApi::start().await;
-    let agent = start(&api, dir.path(), &[]);
+    let agent = start(&api, dir.path(), &["--kube-events=cluster"]);
     api.wait_for_watchers(Kind::Pods, 1).await;
     // kubelet's event was lost (rate-limited by its recorder): only the status tells.
     api.apply(
@@ -343,7 +343,7 @@ async fn survives_gone_watches_cuts_bookmarks_and_api_restarts() {
             Some(waiting("ErrImagePull", NOT_FOUND)),
         ),
     );
-    let agent = start(&api, dir.path(), &[]);
+    let agent = start(&api, dir.path(), &["--kube-events=cluster"]);
     api.wait_for_watchers(Kind::Events, 1).await;
     api.wait_for_watchers(Kind::Pods, 1).await;
     let fail = |count: u32| {
@@ -484,7 +484,11 @@ async fn with_the_interposer_on_the_api_adds_no_attempts() {
     let agent = start(
         &api,
         dir.path(),
-        &["--cri-proxy-socket", proxy.to_str().unwrap()],
+        &[
+            "--kube-events=cluster",
+            "--cri-proxy-socket",
+            proxy.to_str().unwrap(),
+        ],
     );
     api.wait_for_watchers(Kind::Events, 1).await;
     api.apply(
@@ -539,10 +543,10 @@ fn list_requests(api: &KubeApi, path: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_events_statuses_alone_give_failures_at_once() {
-    // --kube-events=false: only this node's pods are watched; a status failure counts at once.
+    // --kube-events=off: only this node's pods are watched; a status failure counts at once.
     let dir = tempfile::tempdir().unwrap();
     let api = KubeApi::start().await;
-    let agent = start(&api, dir.path(), &["--kube-events=false"]);
+    let agent = start(&api, dir.path(), &["--kube-events=off"]);
     api.wait_for_watchers(Kind::Pods, 1).await;
     let image = "registry.example.com/team/private:1";
     api.apply(Kind::Pods, pod("team", "api-1", NODE, image, 0, None));
@@ -594,4 +598,297 @@ async fn without_events_statuses_alone_give_failures_at_once() {
         "events were requested: {requests:#?}"
     );
     assert!(requests.iter().any(|r| r.contains("/api/v1/pods")));
+}
+
+/// The flags of the shipped DaemonSet that decide what it asks of the API server (`--kube…`,
+/// `--pod-events…`), as its manifest lists them, commented-out lines left out.
+fn daemonset_api_args() -> Vec<String> {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/base/daemonset.yaml"
+    ))
+    .unwrap();
+    manifest
+        .lines()
+        .map(str::trim)
+        .filter_map(|l| l.strip_prefix("- "))
+        .filter(|a| a.starts_with("--kube") || a.starts_with("--pod-events"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `GET` requests for Events: (cluster-wide lists and watches, per-pod lists).
+fn event_requests(api: &KubeApi) -> (Vec<String>, Vec<String>) {
+    let gets: Vec<String> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.starts_with("GET ") && r.contains("/events"))
+        .collect();
+    gets.into_iter()
+        .partition(|r| r.starts_with("GET /api/v1/events"))
+}
+
+const PULLED: &str = "Successfully pulled image \"nginx:1.27\" in 1.2s (3.5s including waiting). Image size: 68857691 bytes.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_daemonsets_args_read_one_pods_events_per_pull_and_no_cluster_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start().await;
+    let args = daemonset_api_args();
+    assert!(args.iter().any(|a| a == "--kube"), "{args:?}");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let mut flags: Vec<&str> = args.iter().map(String::as_str).collect();
+    flags.extend([
+        "--node-name",
+        NODE,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    let agent = Agent::start_bare(dir.path(), &flags);
+    api.wait_for_watchers(Kind::Pods, 1).await;
+    // Past the agent's start second: what follows is new.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A pod whose image is pulled: created, its container created, kubelet's Pulled Event,
+    // then it runs.
+    let creating = waiting("ContainerCreating", "");
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web", NODE, "nginx:1.27", 0, Some(creating)),
+    );
+    api.apply(
+        Kind::Events,
+        kubelet_event(
+            "ev-pulled",
+            ("shop", "web", NODE),
+            ("Pulled", PULLED),
+            1,
+            (0, 0),
+        ),
+    );
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web", NODE, "nginx:1.27", 0, Some(running())),
+    );
+    // A pod whose pull hits Docker Hub's rate limit, seen in its status only.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "shop",
+            "cache",
+            NODE,
+            "redis:7",
+            0,
+            Some(waiting("ErrImagePull", RATE_LIMITED)),
+        ),
+    );
+    let m = agent.scrape_until_within(Duration::from_secs(15), "the pull and the failure", |m| {
+        sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == 1.0
+            && sum(
+                m,
+                "pullwatch_image_pull_failures_total",
+                &[("reason", "rate_limited")],
+            ) == 1.0
+    });
+    // The queue phase comes from the Pulled Event: 3.5 s including waiting, 1.2 s pulling.
+    assert_eq!(
+        sum(
+            &m,
+            "pullwatch_image_pull_phase_seconds_count",
+            &[("phase", "queue")]
+        ),
+        1.0
+    );
+    let queued = sum(
+        &m,
+        "pullwatch_image_pull_phase_seconds_sum",
+        &[("phase", "queue")],
+    );
+    assert!((queued - 2.3).abs() < 1e-6, "{queued}");
+    assert!(
+        sum(
+            &m,
+            "pullwatch_image_pull_duration_seconds_sum",
+            &[("result", "success")]
+        ) > 1.19
+    );
+    // Resyncs of the same statuses count nothing again.
+    api.apply(
+        Kind::Pods,
+        pod(
+            "shop",
+            "cache",
+            NODE,
+            "redis:7",
+            0,
+            Some(waiting("ErrImagePull", RATE_LIMITED)),
+        ),
+    );
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web", NODE, "nginx:1.27", 0, Some(running())),
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let m = agent.scrape();
+    assert_eq!(sum(&m, "pullwatch_image_pulls_total", &[]), 2.0, "{m}");
+    assert_eq!(
+        sum(&m, "pullwatch_kube_event_reads_total", &[("result", "ok")]),
+        1.0
+    );
+    let (cluster, per_pod) = event_requests(&api);
+    assert!(
+        cluster.is_empty(),
+        "cluster-wide Event requests: {cluster:#?}"
+    );
+    assert_eq!(per_pod.len(), 1, "{per_pod:#?}");
+    let read = &per_pod[0];
+    assert!(
+        read.starts_with("GET /api/v1/namespaces/shop/events?")
+            && read.contains("involvedObject.uid%3Duid-shop-web")
+            && read.contains("resourceVersion=0"),
+        "{read}"
+    );
+    assert_eq!(api.watchers(Kind::Events), 0);
+    // The pods are listed from the watch cache.
+    let pods = api.requests();
+    let list = pods
+        .iter()
+        .find(|r| r.starts_with("GET /api/v1/pods?") && !r.contains("watch="))
+        .expect("a pod list");
+    assert!(list.contains("resourceVersion=0"), "{list}");
+}
+
+/// One kubelet pod Event of another node of a 5,000-node cluster: the mix a rollout makes
+/// (pulls, starts, probe failures).
+fn elsewhere(i: u64) -> serde_json::Value {
+    let node = format!("node-{}", 1 + i % 4999);
+    let pod_name = format!("app-{}", i / 4);
+    let (reason, message) = match i % 5 {
+        0 => ("Pulling", "Pulling image \"registry.example.com/team/app:2\"".to_string()),
+        1 => (
+            "Pulled",
+            "Successfully pulled image \"registry.example.com/team/app:2\" in 2.1s (2.1s including waiting). Image size: 120000000 bytes.".to_string(),
+        ),
+        2 => ("Created", "Created container: app".to_string()),
+        3 => ("Started", "Started container app".to_string()),
+        _ => (
+            "Unhealthy",
+            "Readiness probe failed: Get \"http://10.0.0.1:8080/ready\": dial tcp 10.0.0.1:8080: connect: connection refused".to_string(),
+        ),
+    };
+    kubelet_event(
+        &format!("ev-elsewhere-{i}"),
+        ("prod", &pod_name, &node),
+        (reason, &message),
+        1,
+        (0, 0),
+    )
+}
+
+/// Plays a 5,000-node cluster's kubelet Event stream into `apis`: `per_second` Events a
+/// second for `seconds`, and, spread through it, `pulls` pulls on this node (a pod created,
+/// its Pulled Event, then running).
+async fn play_cluster(apis: &[&KubeApi], per_second: u64, seconds: u64, pulls: u64) {
+    let ticks = seconds * 20;
+    let per_tick = per_second / 20;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut i = 0;
+    for t in 0..ticks {
+        tick.tick().await;
+        for _ in 0..per_tick {
+            let ev = elsewhere(i);
+            for api in apis {
+                api.apply(Kind::Events, ev.clone());
+            }
+            i += 1;
+        }
+        if t % (ticks / pulls) == 0 {
+            let n = t / (ticks / pulls);
+            let name = format!("web-{n}");
+            for api in apis {
+                let creating = waiting("ContainerCreating", "");
+                api.apply(
+                    Kind::Pods,
+                    pod("shop", &name, NODE, "nginx:1.27", 0, Some(creating)),
+                );
+                api.apply(
+                    Kind::Events,
+                    kubelet_event(
+                        &format!("ev-web-{n}"),
+                        ("shop", &name, NODE),
+                        ("Pulled", PULLED),
+                        1,
+                        (0, 0),
+                    ),
+                );
+                api.apply(
+                    Kind::Pods,
+                    pod("shop", &name, NODE, "nginx:1.27", 0, Some(running())),
+                );
+            }
+        }
+        // Keep the scripted server's watch cache small (no agent resumes from it here).
+        if t % 20 == 0 {
+            for api in apis {
+                api.trim_history(Kind::Events);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_a_5000_node_event_stream_the_cost_stays_per_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (per_pod_api, cluster_api) = (KubeApi::start().await, KubeApi::start().await);
+    let per_pod_dir = dir.path().join("per-pod");
+    let cluster_dir = dir.path().join("cluster");
+    std::fs::create_dir_all(&per_pod_dir).unwrap();
+    std::fs::create_dir_all(&cluster_dir).unwrap();
+    let per_pod = start(&per_pod_api, &per_pod_dir, &[]);
+    let cluster = start(&cluster_api, &cluster_dir, &["--kube-events=cluster"]);
+    per_pod_api.wait_for_watchers(Kind::Pods, 1).await;
+    cluster_api.wait_for_watchers(Kind::Events, 1).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // 3 s by default; PULLWATCH_API_STREAM_SECONDS plays longer for docs/performance.md (one
+    // pull of this node per second: 0.05 % of the stream).
+    let seconds: u64 = std::env::var("PULLWATCH_API_STREAM_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let (events, pulls) = (2_000 * seconds, seconds);
+    play_cluster(&[&per_pod_api, &cluster_api], 2_000, seconds, pulls).await;
+    // Both see the three pulls with kubelet's durations.
+    for agent in [&per_pod, &cluster] {
+        agent.scrape_until_within(Duration::from_secs(15), "three pulls", |m| {
+            sum(m, "pullwatch_image_pulls_total", &[("result", "success")]) == pulls as f64
+        });
+    }
+    let (p, c) = (
+        per_pod_api.sent(Kind::Events),
+        cluster_api.sent(Kind::Events),
+    );
+    let pods = per_pod_api.sent(Kind::Pods);
+    eprintln!(
+        "over {seconds} s the cluster made {events} kubelet Events, {pulls} pulls on this node; per-pod agent: {} Events ({} bytes) in {} reads, {} pod objects ({} bytes); cluster-watch agent: {} Events ({} bytes)",
+        p.objects,
+        p.bytes,
+        event_requests(&per_pod_api).1.len(),
+        pods.objects,
+        pods.bytes,
+        c.objects,
+        c.bytes
+    );
+    assert!(
+        c.objects >= events,
+        "the cluster watch gets everything: {c:?}"
+    );
+    assert!(
+        p.objects <= pulls,
+        "per pod: only this node's Pulled Events: {p:?}"
+    );
+    let (cluster_requests, reads) = event_requests(&per_pod_api);
+    assert!(cluster_requests.is_empty(), "{cluster_requests:#?}");
+    assert!(
+        reads.len() as u64 <= pulls,
+        "one read per pull at most: {reads:#?}"
+    );
 }

@@ -439,7 +439,22 @@ async fn pullwatch_pulls_shows_the_pull_in_flight_and_the_last_causes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_interposer_kubelets_pulling_event_names_the_pod() {
-    use crate::common::kube_api::{Kind, kubelet_event};
+    // --kube-events=cluster: kubelet's `Pulling` Event starts the pull, its `Pulled` ends it.
+    pod_named_without_the_interposer(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_interposer_or_any_event_watch_the_pods_status_names_it() {
+    // The DaemonSet's default (--kube-events=per-pod): no Event stream; a new pod's container
+    // being created stands for the pull once its downloads show, and its start ends it.
+    pod_named_without_the_interposer(false).await;
+}
+
+/// The shipped DaemonSet's mode (containerd source + Kubernetes API source, no interposer): a
+/// slow pull shows on its pod, and in `pullwatch pulls`, named by kubelet's `Pulling` Event
+/// (`cluster_events`) or by the pod's status alone.
+async fn pod_named_without_the_interposer(cluster_events: bool) {
+    use crate::common::kube_api::{Kind, kubelet_event, pod, running, waiting};
     let sb = Sandbox::start().await;
     let api = KubeApi::start().await;
     sb.fault.add(
@@ -447,25 +462,37 @@ async fn without_the_interposer_kubelets_pulling_event_names_the_pod() {
         "1",
         &TestImage::build("ev-passive", 8 << 20, "amd64"),
     );
-    // The shipped DaemonSet's mode: containerd source + Kubernetes API source, no interposer.
-    let flags = pod_event_flags(&sb, &api);
+    let mut flags = pod_event_flags(&sb, &api);
+    if cluster_events {
+        flags.push("--kube-events=cluster".into());
+    }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let agent = Agent::start_passive(&sb, &flags);
-    api.wait_for_watchers(Kind::Events, 1).await;
-    // Events from before the agent started are history: let a second pass.
+    api.wait_for_watchers(Kind::Pods, 1).await;
+    if cluster_events {
+        api.wait_for_watchers(Kind::Events, 1).await;
+    }
+    // Events and pods from before the agent started are history: let a second pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let image = format!("{}/throttled/team/passive:1", sb.fault.host());
-    let pulling = format!("Pulling image \"{image}\"");
+    let creating = || waiting("ContainerCreating", "");
     api.apply(
-        Kind::Events,
-        kubelet_event(
-            "ev-pulling",
-            ("shop", "web", "node-a"),
-            ("Pulling", &pulling),
-            1,
-            (0, 0),
-        ),
+        Kind::Pods,
+        pod("shop", "web", "node-a", &image, 0, Some(creating())),
     );
+    if cluster_events {
+        let pulling = format!("Pulling image \"{image}\"");
+        api.apply(
+            Kind::Events,
+            kubelet_event(
+                "ev-pulling",
+                ("shop", "web", "node-a"),
+                ("Pulling", &pulling),
+                1,
+                (0, 0),
+            ),
+        );
+    }
     // kubelet then asks the runtime; pullwatch is not in that path.
     let pull = tokio::spawn({
         let (sock, image) = (sb.containerd_sock.clone(), image.clone());
@@ -498,7 +525,11 @@ async fn without_the_interposer_kubelets_pulling_event_names_the_pod() {
             (0, 0),
         ),
     );
-    // kubelet's Pulled ends it: no longer in progress.
+    api.apply(
+        Kind::Pods,
+        pod("shop", "web", "node-a", &image, 0, Some(running())),
+    );
+    // kubelet's Pulled (or the container's start) ends it: no longer in progress.
     let url = format!("http://{}", agent.addr);
     wait::until(
         Duration::from_secs(10),
@@ -513,5 +544,18 @@ async fn without_the_interposer_kubelets_pulling_event_names_the_pod() {
         },
         || "the pull stayed in progress after kubelet's Pulled event".into(),
     );
+    if !cluster_events {
+        // The pod's Pulled Event was read once, by its UID, after its container started.
+        agent.scrape_until("the pod's Pulled Event read", |m| {
+            crate::common::agent::sum(m, "pullwatch_kube_event_reads_total", &[("result", "ok")])
+                == 1.0
+        });
+        let reads: Vec<String> = api
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with("GET /api/v1/namespaces/shop/events?"))
+            .collect();
+        assert_eq!(reads.len(), 1, "{reads:#?}");
+    }
     validate(&api, sb.dir.path());
 }

@@ -189,7 +189,7 @@ pub(crate) async fn run(
     let mut pod_events = None;
     if let Some(kc) = config.kube.clone() {
         let client = crate::sources::kube::client(&kc).await?;
-        tracing::info!(node = %kc.node_name, events = kc.watch_events, "Kubernetes API source on");
+        tracing::info!(node = %kc.node_name, events = ?kc.events, "Kubernetes API source on");
         if let Some(pc) = config.pod_events.clone() {
             tracing::info!(after = ?pc.after, "pod events on");
             pod_events = Some(crate::sinks::pod_events::PodEvents::new(

@@ -116,8 +116,10 @@ impl ContainerdSource {
         content::request(&self.config.namespace, msg)
     }
 
+    /// Connected to containerd (and so working) or not.
     fn set_up(&self, up: bool) {
         self.metrics.health.set_up(up);
+        self.metrics.health.set_source_up(up);
     }
 
     /// Runs until `shutdown` flips to true, reconnecting with backoff.

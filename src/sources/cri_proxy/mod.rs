@@ -260,6 +260,8 @@ impl CriProxy {
         grace: Duration,
     ) {
         let listener: &UnixListener = &socket.listener;
+        // Listening: the interposer works (whether the runtime answers is pullwatch_runtime_up).
+        self.metrics.health.set_source_up(true);
         let stop = CancellationToken::new();
         let mut conns = JoinSet::new();
         let accept_failed = Throttle::new(WARN_EVERY);

@@ -18,22 +18,35 @@ pub struct KubeArgs {
     #[arg(long, env = "PULLWATCH_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
 
-    /// With --kube: also watch kubelet's Pod events (successes with kubelet's durations, failures
-    /// at once). `false` watches only this node's pods, for clusters where every agent receiving
-    /// the cluster-wide stream of kubelet events is too much (the API cannot filter events by
-    /// node): failures and backoff then come from pod statuses alone, successes are not seen.
+    /// With --kube: how kubelet's pod Events are read. `per-pod` (default): failures and
+    /// backoff come from this node's pod statuses, and when a container of a pod starts after a
+    /// pull, one list of that pod's `Pulled` Events (by its UID, from the API server's cache)
+    /// gives kubelet's pull duration and queue time: the cost is bounded by the pods on the node.
+    /// `cluster`: watch every kubelet pod Event of the cluster (the API cannot filter Events by
+    /// node, so each agent receives all of them; for small clusters only): also shows pulls in
+    /// progress from `Pulling`. `off`: pod statuses only (no successes).
     #[arg(
         long,
         env = "PULLWATCH_KUBE_EVENTS",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        value_name = "BOOL"
+        default_value = "per-pod",
+        value_name = "MODE"
     )]
-    pub kube_events: bool,
+    pub kube_events: KubeEvents,
 
     /// kubeconfig for the Kubernetes API (local use); without it, the in-cluster service account.
     #[arg(long, env = "PULLWATCH_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+}
+
+/// How the Kubernetes API source reads kubelet's pod Events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeEvents {
+    /// One list of a pod's `Pulled` Events when its containers start after a pull.
+    PerPod,
+    /// A watch of every kubelet pod Event of the cluster.
+    Cluster,
+    /// None: pod statuses only.
+    Off,
 }
 
 /// Settings of the Kubernetes API source.
@@ -43,8 +56,8 @@ pub(crate) struct KubeConfig {
     pub node_name: String,
     /// A kubeconfig file; `None` means in-cluster (the pod's service account).
     pub kubeconfig: Option<PathBuf>,
-    /// Watch kubelet's Pod events too (`--kube-events`), not only this node's pods.
-    pub watch_events: bool,
+    /// How kubelet's pod Events are read (`--kube-events`).
+    pub events: KubeEvents,
 }
 
 impl KubeConfig {
@@ -54,7 +67,7 @@ impl KubeConfig {
             if args.kubeconfig.is_some() {
                 return Err(err("kubeconfig", "only used with --kube"));
             }
-            if !args.kube_events {
+            if args.kube_events != KubeEvents::PerPod {
                 return Err(err("kube-events", "only used with --kube"));
             }
             return Ok(None);
@@ -81,7 +94,7 @@ impl KubeConfig {
         Ok(Some(Self {
             node_name: node_name.to_string(),
             kubeconfig: args.kubeconfig.clone(),
-            watch_events: args.kube_events,
+            events: args.kube_events,
         }))
     }
 }

@@ -78,6 +78,8 @@ fn pull_state(cs: &ContainerStatus) -> PullState {
                 PullState::Failed(message)
             }
             Some("ImagePullBackOff") => PullState::BackOff(message),
+            // kubelet pulls while the container is being created.
+            Some("ContainerCreating" | "PodInitializing") => PullState::Creating,
             _ => PullState::Waiting,
         };
     }

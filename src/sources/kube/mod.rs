@@ -1,25 +1,29 @@
-//! The Kubernetes API source: kubelet's pull events and the container statuses of this node's
-//! pods, for failure causes, kubelet-measured durations and backoff without the interposer.
+//! The Kubernetes API source: the container statuses of this node's pods and kubelet's pull
+//! Events, for failure causes, kubelet-measured durations, queue time and backoff without an
+//! observer of CRI calls. Its cost to the API server is bounded by the node (`--kube-events`):
+//! - Pods with `spec.nodeName=NODE`: one watch (kube-runtime's watcher, lists from the API
+//!   server's cache, bookmarks, relists on `410 Gone`, backoff), no object cache.
+//! - `per-pod` (default): when a container of a new pod starts after a pull, one list of that
+//!   pod's `Pulled` Events by its UID ([`reads`]).
+//! - `cluster`: a watch of every kubelet pod Event (`involvedObject.kind=Pod,source=kubelet`),
+//!   kept only when `source.host` (or `reportingInstance`) is this node: the API offers no field
+//!   selector on the host, so every node receives every kubelet pod Event of the cluster.
+//! - `off`: statuses only.
 //!
-//! Two watches (kube-runtime's watcher: paginated list, then watch with bookmarks; relists on
-//! `410 Gone`; retries with backoff), no object cache:
-//! - Pods with `spec.nodeName=NODE`.
-//! - Events with `involvedObject.kind=Pod,source=kubelet`, kept only when `source.host` (or
-//!   `reportingInstance`) is this node. The API offers no field selector on the host, so every
-//!   node receives every kubelet pod event of the cluster and drops the others at once.
-//!
-//! [`tracker::KubeTracker`] turns both into attempts, each kubelet attempt counted once.
+//! [`tracker::KubeTracker`] turns them into attempts, each kubelet attempt counted once;
+//! [`convert`] reads the objects.
 
 mod config;
 mod convert;
 pub(crate) mod messages;
+mod reads;
 pub(crate) mod tracker;
 
 use crate::core::attempt::Source;
 use crate::recorder::Recorder;
 use crate::telemetry::health::{SourceFamilies, SourceHealth};
 use crate::telemetry::{CounterFamily, GaugeFamily, MetricsError, MetricsRegistry};
-pub(crate) use config::{KubeArgs, KubeConfig};
+pub(crate) use config::{KubeArgs, KubeConfig, KubeEvents};
 use convert::{event_obs, pod_obs};
 use futures_util::future::Either;
 use futures_util::{Stream, StreamExt};
@@ -33,6 +37,38 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracker::{Action, KubeTracker};
+
+/// A watch whose lists (relists after `410 Gone` included) are served from the API server's
+/// watch cache, `resourceVersion=0`, as kubelet's own informers list: for this node's pods the
+/// cache answers from its node index, where a consistent list would read every pod of the
+/// cluster from etcd. Unpaged: kube-rs sends no `resourceVersion=0` with a page size (the API
+/// server did not page cache lists), so a page size would turn each relist into that etcd read.
+fn from_cache(config: watcher::Config) -> watcher::Config {
+    let mut config = config.any_semantic();
+    config.page_size = None;
+    config
+}
+
+/// A failing read's warning is written at most this often.
+static READ_FAILED: crate::telemetry::events::Throttle =
+    crate::telemetry::events::Throttle::new(crate::telemetry::events::WARN_EVERY);
+
+crate::label_enum! {
+    /// What became of a per-pod read of `Pulled` Events: the `result` label.
+    pub(crate) enum ReadResult {
+        /// Read.
+        Ok => "ok",
+        /// The API failed or did not answer.
+        Error => "error",
+        /// Not made: too many pods waited to be read.
+        Dropped => "dropped",
+    }
+}
+
+crate::label_set! {
+    /// Labels of `pullwatch_kube_event_reads_total`.
+    pub(crate) struct ByReadResult { result: ReadResult }
+}
 
 /// A failing watch retries with backoff: its warning is written at most this often.
 static WATCH_FAILED: crate::telemetry::events::Throttle =
@@ -65,6 +101,7 @@ pub(crate) struct KubeMetrics {
     /// Label-less; its one series is created when the source starts, so the family shows
     /// (at 0) only with `--kube`.
     deduplicated: CounterFamily<()>,
+    event_reads: CounterFamily<ByReadResult>,
     health: SourceHealth,
 }
 
@@ -79,6 +116,10 @@ impl KubeMetrics {
             deduplicated: CounterFamily::register(
                 reg,
                 crate::family_name!("pullwatch_kube_deduplicated_total"),
+            )?,
+            event_reads: CounterFamily::register(
+                reg,
+                crate::family_name!("pullwatch_kube_event_reads_total"),
             )?,
             health: shared.health(SOURCE),
         })
@@ -140,6 +181,10 @@ pub(crate) struct KubeSource {
     known_pods: HashSet<String>,
     /// When each watch (`pods`, `events`) last failed, while it counts as down.
     failed_at: BTreeMap<Resource, Instant>,
+    /// Per-pod reads of `Pulled` Events (`--kube-events=per-pod`).
+    reads: reads::PulledReads,
+    /// The watches that have listed and are not failing now.
+    watching: std::collections::BTreeSet<Resource>,
 }
 
 /// A failed watch counts as recovered after this long without a new error: the watcher retries
@@ -159,13 +204,17 @@ impl KubeSource {
     ) -> Self {
         // Born at 0 when the source starts, so increase() sees the first deduplication.
         metrics.deduplicated.with(&());
+        for result in ReadResult::ALL {
+            metrics.event_reads.with(&ByReadResult { result: *result });
+        }
         let tracker = KubeTracker::new(SystemTime::now());
-        let tracker = if config.watch_events {
-            tracker
-        } else {
-            tracker.without_events()
+        let tracker = match config.events {
+            KubeEvents::Cluster => tracker,
+            KubeEvents::PerPod => tracker.reading_pulled(),
+            KubeEvents::Off => tracker.without_events(),
         };
         Self {
+            reads: reads::PulledReads::new(client.clone(), Instant::now()),
             config,
             client,
             recorder,
@@ -174,13 +223,15 @@ impl KubeSource {
             relisted: None,
             known_pods: HashSet::new(),
             failed_at: BTreeMap::new(),
+            watching: std::collections::BTreeSet::new(),
         }
     }
 
     fn pod_stream(&self) -> impl Stream<Item = Result<WatchEvent<Pod>, watcher::Error>> + use<> {
         let api: Api<Pod> = Api::all(self.client.clone());
-        let cfg =
-            watcher::Config::default().fields(&format!("spec.nodeName={}", self.config.node_name));
+        let cfg = from_cache(
+            watcher::Config::default().fields(&format!("spec.nodeName={}", self.config.node_name)),
+        );
         watcher::watcher(api, cfg).default_backoff()
     }
 
@@ -188,14 +239,17 @@ impl KubeSource {
         &self,
     ) -> impl Stream<Item = Result<WatchEvent<Event>, watcher::Error>> + use<> {
         let api: Api<Event> = Api::all(self.client.clone());
-        let cfg = watcher::Config::default().fields("involvedObject.kind=Pod,source=kubelet");
+        let cfg =
+            from_cache(watcher::Config::default().fields("involvedObject.kind=Pod,source=kubelet"));
         watcher::watcher(api, cfg).default_backoff()
     }
 
     /// Runs until `shutdown` flips to true.
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        // Down until its watches have listed: an API it cannot reach (RBAC, network) shows.
+        self.publish_source_up();
         let mut pods = std::pin::pin!(self.pod_stream());
-        let mut events = std::pin::pin!(if self.config.watch_events {
+        let mut events = std::pin::pin!(if self.config.events == KubeEvents::Cluster {
             Either::Left(self.event_stream())
         } else {
             Either::Right(futures_util::stream::pending())
@@ -216,8 +270,10 @@ impl KubeSource {
                     for r in quiet {
                         self.watch_health(r, Ok(()));
                     }
+                    self.reads.start_due(now);
                     self.tracker.tick(now, SystemTime::now())
                 }
+                done = self.reads.next_done() => self.on_pulled_read(done),
                 Some(e) = pods.next() => self.on_pod_watch(e),
                 Some(e) = events.next() => self.on_event_watch(e),
             };
@@ -233,10 +289,12 @@ impl KubeSource {
         match result {
             Ok(()) => {
                 self.failed_at.remove(&resource);
+                self.watching.insert(resource);
                 m.watch_up.set(&labels, 1);
             }
             Err(e) => {
                 self.failed_at.insert(resource, Instant::now());
+                self.watching.remove(&resource);
                 m.watch_up.set(&labels, 0);
                 m.health.error();
                 if let Some(suppressed) = WATCH_FAILED.allow() {
@@ -244,6 +302,17 @@ impl KubeSource {
                 }
             }
         }
+        self.publish_source_up();
+    }
+
+    /// The source works when every watch it needs has listed and is not failing.
+    fn publish_source_up(&self) {
+        let mut needed = vec![Resource::Pods];
+        if self.config.events == KubeEvents::Cluster {
+            needed.push(Resource::Events);
+        }
+        let up = needed.iter().all(|r| self.watching.contains(r));
+        self.metrics.health.set_source_up(up);
     }
 
     fn on_pod_watch(&mut self, e: Result<WatchEvent<Pod>, watcher::Error>) -> Vec<Action> {
@@ -330,7 +399,36 @@ impl KubeSource {
         }
     }
 
-    fn apply(&self, actions: Vec<Action>) {
+    /// The `Pulled` Events of a pod, read: each counts as the cluster-wide watch would have
+    /// delivered it (the tracker keeps each Event's count, so a read again adds only what is
+    /// new).
+    fn on_pulled_read(&mut self, (pod, result): reads::Done) -> Vec<Action> {
+        let events = match result {
+            Ok(events) => events,
+            Err(e) => {
+                self.count_read(ReadResult::Error);
+                self.metrics.health.error();
+                if let Some(suppressed) = READ_FAILED.allow() {
+                    tracing::warn!(source = SOURCE, namespace = %pod.namespace, pod = %pod.name, error = %e, suppressed, "reading a pod's Pulled events failed");
+                }
+                return Vec::new();
+            }
+        };
+        self.count_read(ReadResult::Ok);
+        let now = Instant::now();
+        events
+            .iter()
+            .filter_map(|ev| event_obs(ev, &self.config.node_name))
+            .filter(|obs| obs.pod.uid == pod.uid)
+            .flat_map(|obs| self.tracker.on_event(&obs, now))
+            .collect()
+    }
+
+    fn count_read(&self, result: ReadResult) {
+        self.metrics.event_reads.inc(&ByReadResult { result });
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
         for a in actions {
             match a {
                 Action::Record(attempt) => self.recorder.record(&attempt),
@@ -347,9 +445,18 @@ impl KubeSource {
                     self.metrics.deduplicated.inc(&());
                 }
                 Action::Deduplicated => {}
-                Action::PullStarted { pod, image } => self.recorder.pull_announced(pod, &image),
+                Action::PullStarted {
+                    pod,
+                    image,
+                    tentative,
+                } => self.recorder.pull_announced(pod, &image, tentative),
                 Action::PullEnded { uid, image } => {
                     self.recorder.pull_announced_ended(&uid, &image)
+                }
+                Action::ReadPulled { pod } => {
+                    if !self.reads.ask(pod, Instant::now()) {
+                        self.count_read(ReadResult::Dropped);
+                    }
                 }
             }
         }

@@ -60,7 +60,9 @@ pub(crate) enum PullState {
     Failed(String),
     /// kubelet waits before retrying (`ImagePullBackOff`), message as given.
     BackOff(String),
-    /// Waiting for something that is not a pull (e.g. `ContainerCreating`, or a pull in progress).
+    /// Being created (`ContainerCreating`, `PodInitializing`): kubelet may be pulling its image.
+    Creating,
+    /// Waiting for something that is not a pull (`CrashLoopBackOff`, `CreateContainerError`...).
     Waiting,
     /// Running or terminated: the image is there.
     Present,
@@ -113,12 +115,16 @@ pub(crate) enum Action {
     PodGone(String),
     /// A status failure was matched to its event and not counted again.
     Deduplicated,
-    /// kubelet started pulling `image` for `pod` (its `Pulling` event).
+    /// kubelet started pulling `image` for `pod` (its `Pulling` event), or, `tentative`, a
+    /// container of a new pod is being created and kubelet may be pulling its image (shown only
+    /// once downloads of it are seen).
     PullStarted {
         /// Pod.
         pod: PodRef,
         /// Image as kubelet names it.
         image: String,
+        /// From a pod status, not a `Pulling` event.
+        tentative: bool,
     },
     /// kubelet's pull of `image` for the pod with this UID ended (`Pulled`, `Failed`, `BackOff`).
     PullEnded {
@@ -126,6 +132,12 @@ pub(crate) enum Action {
         uid: String,
         /// Image as kubelet names it.
         image: String,
+    },
+    /// A container of `pod` started after a pull (or after its pull failed): its `Pulled`
+    /// Events say how long the pull took (with [`KubeTracker::reading_pulled`]).
+    ReadPulled {
+        /// Pod.
+        pod: PodRef,
     },
     /// kubelet held a pull of `image` in its queue this long before calling the runtime.
     Queued {
@@ -165,6 +177,10 @@ pub(crate) struct KubeTracker {
     /// How long a status failure waits for its event: [`DEDUP_WINDOW`], or zero when events are
     /// not watched.
     wait_for_event: Duration,
+    /// Whether a container's start after a pull asks for its pod's `Pulled` Events.
+    reads_pulled: bool,
+    /// Containers whose start already asked, by (pod uid, container name).
+    asked: std::collections::HashSet<(String, String)>,
 }
 
 impl KubeTracker {
@@ -184,7 +200,19 @@ impl KubeTracker {
             unmatched_events: HashMap::new(),
             pending: HashMap::new(),
             wait_for_event: DEDUP_WINDOW,
+            reads_pulled: false,
+            asked: std::collections::HashSet::new(),
         }
+    }
+
+    /// For a source that reads a pod's `Pulled` Events when its containers start: status
+    /// failures count at once (no `Failed` Event will come), and a container's start in a pod
+    /// created since the agent started, or after its pull failed, yields [`Action::ReadPulled`]
+    /// (once per container and pull).
+    pub(crate) fn reading_pulled(mut self) -> Self {
+        self.wait_for_event = Duration::ZERO;
+        self.reads_pulled = true;
+        self
     }
 
     /// For a source that does not watch Events: status failures count at the next tick, since
@@ -237,6 +265,7 @@ impl KubeTracker {
                 out.push(Action::PullStarted {
                     pod: ev.pod.clone(),
                     image: image.to_string(),
+                    tentative: false,
                 });
                 return out;
             }
@@ -355,6 +384,22 @@ impl KubeTracker {
             if previous.as_ref() == Some(&c.state) {
                 continue; // a resync: nothing changed
             }
+            // Without `Pulling` Events, a container being created stands for a pull that may
+            // be running; it ends when the container leaves that state.
+            if self.reads_pulled || self.wait_for_event.is_zero() {
+                if c.state == PullState::Creating && new_pod {
+                    out.push(Action::PullStarted {
+                        pod: p.pod.clone(),
+                        image: c.image.clone(),
+                        tentative: true,
+                    });
+                } else if previous == Some(PullState::Creating) {
+                    out.push(Action::PullEnded {
+                        uid: p.pod.uid.clone(),
+                        image: c.image.clone(),
+                    });
+                }
+            }
             match &c.state {
                 PullState::Failed(message) => {
                     // A container seen for the first time in a failed state is history unless
@@ -397,11 +442,25 @@ impl KubeTracker {
                         reason: error.and_then(|e| failure(e).reason()),
                     });
                 }
-                PullState::Present => out.push(Action::Cleared {
-                    pod: p.pod.clone(),
-                    image: c.image.clone(),
-                }),
-                PullState::Waiting => {}
+                PullState::Present => {
+                    let after_failure =
+                        matches!(previous, Some(PullState::Failed(_) | PullState::BackOff(_)));
+                    let first_start = new_pod
+                        && matches!(
+                            previous,
+                            None | Some(PullState::Waiting | PullState::Creating)
+                        )
+                        && !self.asked.contains(&(p.pod.uid.clone(), c.name.clone()));
+                    if self.reads_pulled && (after_failure || first_start) {
+                        self.asked.insert((p.pod.uid.clone(), c.name.clone()));
+                        out.push(Action::ReadPulled { pod: p.pod.clone() });
+                    }
+                    out.push(Action::Cleared {
+                        pod: p.pod.clone(),
+                        image: c.image.clone(),
+                    });
+                }
+                PullState::Waiting | PullState::Creating => {}
             }
         }
         out
@@ -411,6 +470,7 @@ impl KubeTracker {
     pub(crate) fn on_pod_deleted(&mut self, uid: &str) -> Vec<Action> {
         self.containers.retain(|(u, _), _| u != uid);
         self.unmatched_events.retain(|(u, _), _| u != uid);
+        self.asked.retain(|(u, _)| u != uid);
         // A failure seen just before deletion still happened: keep it pending.
         vec![Action::PodGone(uid.to_string())]
     }
@@ -585,7 +645,7 @@ mod tests {
             now,
         );
         assert!(
-            matches!(&a[..], [Action::PullStarted { pod, image }] if pod.uid == "uid-1" && image == "nginx:1.27"),
+            matches!(&a[..], [Action::PullStarted { pod, image, tentative: false }] if pod.uid == "uid-1" && image == "nginx:1.27"),
             "{a:?}"
         );
         let a = t.on_event(&ev("f1", 1, "Failed", FAILED, at), now);
@@ -594,6 +654,56 @@ mod tests {
             "{a:?}"
         );
         assert_eq!(records(&a).len(), 1);
+    }
+
+    #[test]
+    fn per_pod_reads_are_asked_once_per_start_after_a_pull() {
+        let since = SystemTime::now();
+        let mut t = KubeTracker::new(since).reading_pulled();
+        let now = Instant::now();
+        let new = since + Duration::from_secs(1);
+        let reads = |a: &[Action]| {
+            a.iter()
+                .filter(|a| matches!(a, Action::ReadPulled { .. }))
+                .count()
+        };
+        // Being created: a pull may run (tentative), and it ends when the container starts.
+        let a = t.on_pod(&pod_with(PullState::Creating, new), now);
+        assert!(
+            matches!(
+                &a[..],
+                [Action::PullStarted {
+                    tentative: true,
+                    ..
+                }]
+            ),
+            "{a:?}"
+        );
+        let a = t.on_pod(&pod_with(PullState::Present, new), now);
+        assert_eq!(reads(&a), 1, "{a:?}");
+        assert!(a.iter().any(|a| matches!(a, Action::PullEnded { .. })));
+        // A restart (crash loop) is no pull: no read.
+        t.on_pod(&pod_with(PullState::Waiting, new), now);
+        assert_eq!(reads(&t.on_pod(&pod_with(PullState::Present, new), now)), 0);
+        // After a failed pull, the start is a pull again.
+        let failed = PullState::Failed(FAILED.into());
+        t.on_pod(&pod_with(failed, new), now);
+        let a = t.tick(now, SystemTime::now());
+        assert_eq!(
+            records(&a).len(),
+            1,
+            "status failures count at the next tick"
+        );
+        assert_eq!(reads(&t.on_pod(&pod_with(PullState::Present, new), now)), 1);
+        // A pod from before the agent started: its running containers are history.
+        let mut t = KubeTracker::new(since).reading_pulled();
+        let old = since - Duration::from_secs(60);
+        assert_eq!(reads(&t.on_pod(&pod_with(PullState::Present, old), now)), 0);
+        // Watching every Event instead: no read, no tentative pull.
+        let mut t = KubeTracker::new(since);
+        let a = t.on_pod(&pod_with(PullState::Creating, new), now);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(reads(&t.on_pod(&pod_with(PullState::Present, new), now)), 0);
     }
 
     #[test]

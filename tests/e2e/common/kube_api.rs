@@ -53,6 +53,13 @@ struct Watcher {
     tx: mpsc::UnboundedSender<Bytes>,
 }
 
+/// What the server sent clients of one resource: bytes and objects, lists and watches alike.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    pub bytes: u64,
+    pub objects: u64,
+}
+
 #[derive(Default)]
 struct Resource {
     /// uid -> object
@@ -77,6 +84,8 @@ struct State {
     writes: Vec<(String, String)>,
     /// The next this-many writes get `500` (an API server failing writes).
     fail_writes: usize,
+    /// Sent per resource.
+    sent: BTreeMap<Kind, Sent>,
 }
 
 #[derive(Clone)]
@@ -299,9 +308,12 @@ impl KubeApi {
     }
 
     fn route(&self, st: &mut State, req: Request<Incoming>) -> Response<Body> {
-        let kind = match req.uri().path() {
-            "/api/v1/pods" => Kind::Pods,
-            "/api/v1/events" => Kind::Events,
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (kind, namespace) = match parts.as_slice() {
+            ["api", "v1", "pods"] => (Kind::Pods, None),
+            ["api", "v1", "events"] => (Kind::Events, None),
+            ["api", "v1", "namespaces", ns, "events"] => (Kind::Events, Some(ns.to_string())),
             _ => {
                 return full(
                     StatusCode::NOT_FOUND,
@@ -310,7 +322,10 @@ impl KubeApi {
             }
         };
         let q = query(req.uri());
-        let selector = q.get("fieldSelector").cloned().unwrap_or_default();
+        let mut selector = q.get("fieldSelector").cloned().unwrap_or_default();
+        if let Some(ns) = namespace {
+            selector = format!("metadata.namespace={ns},{selector}");
+        }
         let rv_now = st.rv;
         let res = st.res.get_mut(&kind).unwrap();
         if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -319,17 +334,24 @@ impl KubeApi {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(rv_now);
             let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+            let mut sent = Sent::default();
             if from < res.compacted_below {
                 let _ = tx.send(line("ERROR", &gone()));
                 drop(tx);
             } else {
                 for (rv, t, obj) in &res.history {
                     if *rv > from && matches(obj, &selector) {
-                        let _ = tx.send(line(t, obj));
+                        let l = line(t, obj);
+                        sent.bytes += l.len() as u64;
+                        sent.objects += 1;
+                        let _ = tx.send(l);
                     }
                 }
                 res.watchers.push(Watcher { selector, tx });
             }
+            let total = st.sent.entry(kind).or_default();
+            total.bytes += sent.bytes;
+            total.objects += sent.objects;
             let stream = futures_util::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
@@ -345,11 +367,13 @@ impl KubeApi {
             .values()
             .filter(|o| matches(o, &selector))
             .collect();
-        full(
-            StatusCode::OK,
-            json!({"kind": kind.list_kind(), "apiVersion": "v1",
-                   "metadata": {"resourceVersion": rv_now.to_string()}, "items": items}),
-        )
+        let objects = items.len() as u64;
+        let body = json!({"kind": kind.list_kind(), "apiVersion": "v1",
+                   "metadata": {"resourceVersion": rv_now.to_string()}, "items": items});
+        let total = st.sent.entry(kind).or_default();
+        total.bytes += body.to_string().len() as u64;
+        total.objects += objects;
+        full(StatusCode::OK, body)
     }
 
     fn publish(&self, kind: Kind, t: &'static str, mut obj: Value) {
@@ -367,8 +391,19 @@ impl KubeApi {
             res.items.insert(uid, obj.clone());
         }
         res.history.push((rv, t, obj.clone()));
-        res.watchers
-            .retain(|w| !matches(&obj, &w.selector) || w.tx.send(line(t, &obj)).is_ok());
+        let mut sent = Sent::default();
+        res.watchers.retain(|w| {
+            if !matches(&obj, &w.selector) {
+                return true;
+            }
+            let l = line(t, &obj);
+            sent.bytes += l.len() as u64;
+            sent.objects += 1;
+            w.tx.send(l).is_ok()
+        });
+        let total = st.sent.entry(kind).or_default();
+        total.bytes += sent.bytes;
+        total.objects += sent.objects;
     }
 
     /// Creates or updates an object (ADDED the first time, MODIFIED after).
@@ -461,6 +496,26 @@ impl KubeApi {
     /// Answers the next `n` requests with `429 Too Many Requests` and `Retry-After: 1`.
     pub fn throttle(&self, n: usize) {
         self.state.lock().unwrap().throttle = n;
+    }
+
+    /// What the server has sent clients about `kind` so far.
+    pub fn sent(&self, kind: Kind) -> Sent {
+        self.state
+            .lock()
+            .unwrap()
+            .sent
+            .get(&kind)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Forgets the watch cache of `kind` (its objects stay): a long stream stays small.
+    pub fn trim_history(&self, kind: Kind) {
+        let mut st = self.state.lock().unwrap();
+        let rv = st.rv;
+        let res = st.res.get_mut(&kind).unwrap();
+        res.history.clear();
+        res.compacted_below = rv;
     }
 
     /// Open watches of `kind`.

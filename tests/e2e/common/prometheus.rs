@@ -58,8 +58,10 @@ fn spawn_ready(dir: &Path, bin: &str, args: Vec<String>) -> Server {
 /// Starts Prometheus scraping `target` every second; `extra` is appended to the config
 /// (rule_files, alerting).
 pub fn start_prometheus(dir: &Path, target: SocketAddr, extra: &str) -> Server {
-    let job =
-        format!("  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n");
+    // The `node` label, as the shipped scrape configs set it.
+    let job = format!(
+        "  - job_name: pullwatch\n    static_configs:\n      - targets: ['{target}']\n        labels:\n          node: node-a\n"
+    );
     start_prometheus_with_jobs(dir, &job, extra)
 }
 
@@ -147,9 +149,9 @@ impl Webhook {
     }
 }
 
-/// `(alert name, expression)` of every rule in a rules file (via PyYAML).
+/// `(alert name, expression)` of every alerting rule in a rules file (via PyYAML).
 pub fn rule_exprs(rules_yaml: &str) -> Vec<(String, String)> {
-    let script = "import sys,yaml,json; d=yaml.safe_load(sys.stdin); print(json.dumps([[r['alert'], r['expr']] for g in d['groups'] for r in g['rules']]))";
+    let script = "import sys,yaml,json; d=yaml.safe_load(sys.stdin); print(json.dumps([[r['alert'], r['expr']] for g in d['groups'] for r in g['rules'] if 'alert' in r]))";
     let mut child = Command::new("python3")
         .args(["-c", script])
         .stdin(Stdio::piped())
