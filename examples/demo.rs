@@ -18,6 +18,21 @@ use common::{message_of, pull_as, reason_of};
 use pullwatch::core::classifier::around_cause;
 use std::time::Duration;
 
+/// Removes `image` from the runtime through `sock`, so its next pull downloads again.
+async fn remove_image(sock: &std::path::Path, image: &str) {
+    let Ok(mut c) = pullwatch::cri::client::CriClient::connect(sock, Duration::from_secs(5)).await
+    else {
+        return;
+    };
+    let request = pullwatch::cri::RemoveImageRequest {
+        image: Some(pullwatch::cri::ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        }),
+    };
+    let _ = c.images.remove_image(request).await;
+}
+
 /// Prints the duration histogram of every (registry, result) as one line: the cumulative count
 /// at each bucket bound where it grows.
 fn print_histogram(metrics: &str) {
@@ -59,8 +74,8 @@ fn print_anatomy(agent: &Agent) {
         "\n--- where each successful pull's time went (event log; pullwatch_image_pull_phase_seconds) ---"
     );
     println!(
-        "{:<52} {:>8} {:>9} {:>7} {:>11} {:>11} {:>7}",
-        "IMAGE", "RESOLVE", "DOWNLOAD", "UNPACK", "DOWNLOADED", "REUSED", "LAYERS"
+        "{:<52} {:>8} {:>9} {:>7} {:>11} {:>11}  LAYERS",
+        "IMAGE", "RESOLVE", "DOWNLOAD", "UNPACK", "DOWNLOADED", "REUSED"
     );
     let secs = |v: &serde_json::Value| v.as_f64().map_or("-".into(), |s| format!("{s:.3}s"));
     let num = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
@@ -70,13 +85,14 @@ fn print_anatomy(agent: &Agent) {
         .filter(|e| e["event"] == "image_pull" && e["result"] == "success")
     {
         println!(
-            "{:<52} {:>8} {:>9} {:>7} {:>10}B {:>10}B {:>3} hit",
+            "{:<52} {:>8} {:>9} {:>7} {:>10}B {:>10}B  {} downloaded, {} reused",
             e["image"].as_str().unwrap_or(""),
             secs(&e["resolve_seconds"]),
             secs(&e["download_seconds"]),
             secs(&e["unpack_seconds"]),
             num(&e["downloaded_bytes"]),
             num(&e["cached_bytes"]),
+            num(&e["layers_downloaded"]),
             num(&e["layers_cached"]),
         );
     }
@@ -107,9 +123,13 @@ async fn main() {
     sb.fault.set_quota_remaining(7);
     // Interposer for attempts and causes, containerd source for bytes and progress, the probe
     // for pull quota left.
+    // Info, not the tests' trace: the demo may stay up for hours; at info the log is one line
+    // per pull (about 2 a minute with the repeating slow pull) and warnings.
     let agent = Agent::start(
         &sb,
         &[
+            "--log-level",
+            "info",
             "--backoff-expiry",
             "10m",
             "--containerd-socket",
@@ -214,37 +234,48 @@ async fn main() {
     if once {
         return;
     }
-    // A slow pull in the background while the demo stays up: 48 MiB at 1 MiB/s, so
-    // `pullwatch pulls` has a pull in progress to show.
+    // A slow pull that repeats while the demo stays up: 24 MiB at 1 MiB/s, removed from the
+    // runtime after each pull so the next one downloads again, so `pullwatch pulls` has a pull
+    // in progress to show whenever one looks.
     sb.fault.add(
         "shop/big",
         "1.0",
-        &TestImage::build("demo-big", 48 << 20, "amd64"),
+        &TestImage::build("demo-big", 24 << 20, "amd64"),
     );
     let slow_image = format!("{f}/throttled/shop/big:1.0");
     let slow = tokio::spawn({
         let (sock, image) = (agent.proxy_sock.clone(), slow_image.clone());
         async move {
-            pull_as(
-                &sock,
-                &image,
-                Some(("shop", "big-0")),
-                Duration::from_secs(300),
-            )
-            .await
+            for round in 0u64.. {
+                let pod = format!("big-{round}");
+                pull_as(
+                    &sock,
+                    &image,
+                    Some(("shop", &pod)),
+                    Duration::from_secs(300),
+                )
+                .await;
+                remove_image(&sock, &image).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
         }
     });
+    // Printed with the binary's full path: it is not on PATH.
+    let bin = common::agent::pullwatch_bin();
+    let bin = bin.display();
     println!(
-        "\na slow pull is running now ({slow_image}, about 50 s): watch it with\n  pullwatch pulls --url http://{}",
+        "
+a slow pull of {slow_image} repeats (about 25 s each, then 5 s pause): watch it with
+  {bin} pulls --url http://{}",
         agent.addr
     );
     println!(
-        "\nthe sandbox and the agent stay up: curl http://{}/metrics, watch pulls with \
-         `pullwatch pulls --url http://{}`, or pull through {} \
-         (e.g. `pullwatch pull --runtime-socket {} {web}`). Ctrl-C stops everything.",
+        "
+the sandbox and the agent stay up until Ctrl-C:
+  curl http://{}/metrics
+  {bin} pull --runtime-socket {} {web}
+  {bin} explain 'toomanyrequests: You have reached your pull rate limit'",
         agent.addr,
-        agent.addr,
-        agent.proxy_sock.display(),
         agent.proxy_sock.display(),
     );
     if let Err(e) = tokio::signal::ctrl_c().await {

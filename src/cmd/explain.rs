@@ -1,6 +1,6 @@
 //! `pullwatch explain`: classify pull error messages copied from `kubectl describe pod`.
 
-use crate::core::classifier::classify_message;
+use crate::core::classifier::{BARE_BACKOFF_HINT, classify_message, is_bare_backoff};
 use crate::core::reason::Reason;
 use clap::Args;
 use std::io::{BufRead, Write};
@@ -45,12 +45,20 @@ struct Explanation {
     hint: &'static str,
 }
 
-fn json_line(reason: Reason) -> String {
-    serde_json::json!(Explanation {
-        reason,
-        hint: reason.hint()
-    })
-    .to_string()
+fn json_line(reason: Reason, hint: &'static str) -> String {
+    serde_json::json!(Explanation { reason, hint }).to_string()
+}
+
+/// The reason of `message` and what to do about it: kubelet's back-off wrapper without a cause
+/// says where the cause is instead of the unknown cause's hint.
+fn explanation(message: &str) -> (Reason, &'static str) {
+    let reason = classify_message(message);
+    let hint = if is_bare_backoff(message) {
+        BARE_BACKOFF_HINT
+    } else {
+        reason.hint()
+    };
+    (reason, hint)
 }
 
 /// Explains one message to `out`.
@@ -62,11 +70,11 @@ pub(crate) fn explain_one(
     if message.trim().is_empty() {
         return Err(ExplainError::Empty);
     }
-    let reason = classify_message(message);
+    let (reason, hint) = explanation(message);
     if json {
-        writeln!(out, "{}", json_line(reason))?;
+        writeln!(out, "{}", json_line(reason, hint))?;
     } else {
-        writeln!(out, "reason: {reason}\nhint: {}", reason.hint())?;
+        writeln!(out, "reason: {reason}\nhint: {hint}")?;
     }
     Ok(reason)
 }
@@ -138,9 +146,9 @@ pub(crate) fn explain_lines(
         if line.trim().is_empty() {
             continue;
         }
-        let reason = classify_message(line);
+        let (reason, hint) = explanation(line);
         if json {
-            writeln!(out, "{}", json_line(reason))?;
+            writeln!(out, "{}", json_line(reason, hint))?;
         } else {
             let more = if cut { " [cut at 64 KiB]" } else { "" };
             if n > 0 {
@@ -148,9 +156,8 @@ pub(crate) fn explain_lines(
             }
             writeln!(
                 out,
-                "message: {}{more}\nreason: {reason}\nhint: {}",
+                "message: {}{more}\nreason: {reason}\nhint: {hint}",
                 printable(line),
-                reason.hint()
             )?;
         }
         n += 1;

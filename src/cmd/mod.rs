@@ -175,7 +175,10 @@ pub fn main() -> ExitCode {
 
 /// `pullwatch pulls`: prints the view once (`--once`, `--json`) or refreshes it until Ctrl-C.
 async fn show_pulls(args: &pulls::PullsArgs) -> ExitCode {
-    let terminal = std::io::stdout().is_terminal();
+    // Screen control only on a terminal that has it: not on TERM=dumb (Emacs shells, some CI
+    // logs) or without TERM, where each refresh is printed below the last instead.
+    let redraw = std::io::stdout().is_terminal()
+        && std::env::var("TERM").is_ok_and(|t| !t.is_empty() && t != "dumb");
     loop {
         let (raw, snapshot) = match pulls::fetch(args).await {
             Ok(v) => v,
@@ -193,7 +196,7 @@ async fn show_pulls(args: &pulls::PullsArgs) -> ExitCode {
         };
         let text = if args.json {
             format!("{}\n", String::from_utf8_lossy(&raw))
-        } else if terminal && !args.once {
+        } else if redraw && !args.once {
             // Clear the screen and draw again, as `watch` does.
             format!("\x1b[2J\x1b[H{}", pulls::render(&snapshot))
         } else {

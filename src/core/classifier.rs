@@ -31,6 +31,14 @@ const RULES: &[(Reason, &[&str])] = &[
             "repository name must be canonical",
         ],
     ),
+    // kubelet's ErrImageNeverPull: no pull happened (before not-found: "is not present").
+    (
+        Reason::NeverPull,
+        &[
+            "errimageneverpull",
+            "is not present with pull policy of never",
+        ],
+    ),
     // Before the network, TLS and not-found rules: verifier output quotes certificates and
     // "no signatures found".
     (
@@ -44,6 +52,7 @@ const RULES: &[(Reason, &[&str])] = &[
             "failed signature verification",
             "signature verification failed",
             "no matching signatures",
+            "failed to verify signature",
         ],
     ),
     (
@@ -271,6 +280,20 @@ pub fn around_cause(message: &str, width: usize) -> String {
     }
     out
 }
+
+/// Whether `message` is kubelet's back-off wrapper (`Back-off pulling image "x"`) without the
+/// cause of the attempt before it: the back-off is no cause, the attempt before it has one.
+pub fn is_bare_backoff(message: &str) -> bool {
+    let m = message.trim_start().to_ascii_lowercase();
+    m.starts_with("back-off pulling image") && classify_message(message) == Reason::Unknown
+}
+
+/// What to say about kubelet's back-off wrapper without its cause.
+pub const BARE_BACKOFF_HINT: &str = "This is kubelet's back-off between attempts \
+    (ImagePullBackOff), not a cause: kubelet waits before it retries a pull that failed. The \
+    cause is in the attempt before it: the pod's earlier `Failed` event or `ErrImagePull` \
+    message (`kubectl describe pod`, Events), or pullwatch's event-log line for that pod; explain \
+    that message. (Newer kubelets append it: `Back-off pulling image \"x\": ErrImagePull: ...`.)";
 
 /// Classifies a failed CRI call from its gRPC status code and message. The message decides when
 /// it names a cause; the code decides only for what a message cannot say (a deadline or a cancel

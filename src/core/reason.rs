@@ -11,6 +11,9 @@ use std::fmt;
 pub enum Reason {
     /// The reference does not parse (bad characters, uppercase, empty tag).
     InvalidReference,
+    /// The pod's pull policy is `Never` and the image is not on the node (kubelet's
+    /// `ErrImageNeverPull`): no pull was tried.
+    NeverPull,
     /// A signature or policy check on the node refused the image (CRI-O's policy.json, a
     /// containerd image verifier).
     Signature,
@@ -44,8 +47,9 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in label order.
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::InvalidReference,
+        Reason::NeverPull,
         Reason::Signature,
         Reason::Disk,
         Reason::Platform,
@@ -66,6 +70,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidReference => "invalid_reference",
+            Reason::NeverPull => "never_pull",
             Reason::Signature => "signature",
             Reason::Disk => "disk",
             Reason::Platform => "platform",
@@ -107,6 +112,12 @@ impl Reason {
     /// What an operator should check and do about this cause.
     pub fn hint(self) -> &'static str {
         match self {
+            Reason::NeverPull => {
+                "The pod's `imagePullPolicy` is `Never` and the image is not on this node, so \
+                 kubelet does not pull it and the pod cannot start. Either load the image onto \
+                 the node first (pre-pulled images, `ctr -n k8s.io images import`), or set \
+                 `imagePullPolicy: IfNotPresent` (or `Always`) so kubelet pulls it."
+            }
             Reason::InvalidReference => {
                 "The image reference is malformed. Check the `image:` field of the pod spec for \
                  uppercase letters, spaces, an empty tag (`name:`) or a stray scheme such as \
@@ -209,9 +220,11 @@ impl Reason {
                  (`systemctl status containerd`) and that `--runtime-socket` names its CRI socket."
             }
             Reason::Unknown => {
-                "The error did not match a known cause. Read the full message in pullwatch's event \
-                 log or `kubectl describe pod`, and run `pullwatch explain \"<message>\"`; please \
-                 report unmatched messages so the classifier can learn them."
+                "The error did not match a known cause. Read the whole message (pullwatch's event \
+                 log, `kubectl describe pod`, and the runtime's own log on the node, e.g. \
+                 `journalctl -u containerd`) for the registry's or the runtime's words: a status \
+                 code, `denied`, `not found`, a timeout. Please report messages pullwatch does not \
+                 classify, so the classifier learns them."
             }
         }
     }

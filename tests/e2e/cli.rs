@@ -55,6 +55,50 @@ fn explain_prints_reason_and_hint() {
     );
     let out = String::from_utf8(o.stdout).unwrap();
     assert!(out.starts_with("reason: dns\nhint: "), "{out}");
+    // kubelet's back-off wrapper alone: no cause, and where to find it.
+    let o = pullwatch(
+        &[
+            "explain",
+            "Back-off pulling image \"registry.example.com/team/app:1\"",
+        ],
+        None,
+    );
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        out.starts_with("reason: unknown\nhint: This is kubelet's back-off")
+            && out.contains("attempt before it"),
+        "{out}"
+    );
+    // With the cause appended, the cause.
+    let o = pullwatch(
+        &[
+            "explain",
+            "Back-off pulling image \"redis:7\": ErrImagePull: 429 Too Many Requests",
+        ],
+        None,
+    );
+    assert!(
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .starts_with("reason: rate_limited")
+    );
+    let o = pullwatch(
+        &[
+            "explain",
+            "Container image \"a:1\" is not present with pull policy of Never",
+        ],
+        None,
+    );
+    assert!(
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .starts_with("reason: never_pull")
+    );
+    // An unknown message is not sent back to `pullwatch explain`.
+    let o = pullwatch(&["explain", "something nobody has seen"], None);
+    let out = String::from_utf8(o.stdout).unwrap();
+    assert!(out.starts_with("reason: unknown"), "{out}");
+    assert!(!out.contains("pullwatch explain"), "{out}");
 }
 
 /// `pullwatch explain < big | head -1`: the reader goes away after one line; pullwatch ends
@@ -494,5 +538,46 @@ async fn pull_command_against_real_containerd() {
     assert!(
         out.contains("reason: not_found") && out.contains("hint: "),
         "{out}"
+    );
+}
+
+/// `pullwatch pulls` on a terminal for 3 s (through `script`, which gives it a pty) with `TERM`
+/// set to `term`: what it wrote.
+fn pulls_on_a_terminal(url: &str, term: &str) -> String {
+    let cmd = format!(
+        "timeout -s INT 3 {} pulls --interval 1s --url {url}",
+        env!("CARGO_BIN_EXE_pullwatch")
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", term)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn pulls_draws_over_the_screen_only_on_a_terminal_that_can() {
+    let dir = tempfile::tempdir().unwrap();
+    // Any source will do: a containerd that is not there.
+    let sock = dir.path().join("none.sock");
+    let agent = crate::common::agent::Agent::start_bare(
+        dir.path(),
+        &["--containerd-socket", sock.to_str().unwrap()],
+    );
+    let url = format!("http://{}", agent.addr);
+    let smart = pulls_on_a_terminal(&url, "xterm");
+    assert!(smart.contains("PULLS IN PROGRESS"), "{smart}");
+    assert!(smart.contains("\x1b[2J"), "a terminal redraws: {smart:?}");
+    let dumb = pulls_on_a_terminal(&url, "dumb");
+    assert!(dumb.contains("PULLS IN PROGRESS"), "{dumb}");
+    assert!(
+        !dumb.contains('\x1b'),
+        "no screen control on TERM=dumb: {dumb:?}"
+    );
+    assert!(
+        dumb.matches("PULLS IN PROGRESS").count() >= 2,
+        "still refreshing, below the last: {dumb}"
     );
 }

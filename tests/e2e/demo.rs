@@ -49,7 +49,7 @@ async fn the_demo_stays_up_until_ctrl_c_and_its_url_works() {
         }
     });
     let mut seen = Vec::new();
-    read_until(&lines, &mut seen, "Ctrl-C stops everything");
+    read_until(&lines, &mut seen, " explain 'toomanyrequests");
     let url = seen
         .iter()
         .find_map(|l| l.strip_prefix("metrics: http://"))
@@ -81,33 +81,55 @@ async fn the_demo_stays_up_until_ctrl_c_and_its_url_works() {
             .any(|l| l.contains("where each successful pull's time went")),
         "the phases are shown"
     );
-    // The demo's slow pull, as `pullwatch pulls` shows it: in progress, with how far it got.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let shown = loop {
-        let out = Command::new(pullwatch_bin())
-            .args(["pulls", "--once", "--url", &format!("http://{addr}")])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let table = String::from_utf8(out.stdout).unwrap();
-        let line = table
-            .lines()
-            .find(|l| l.contains("throttled/shop/big:1.0") && l.contains(" of "))
-            .map(str::to_string);
-        match line {
-            Some(l) => break l,
-            None if Instant::now() > deadline => panic!("no slow pull with progress:\n{table}"),
-            None => std::thread::sleep(Duration::from_millis(500)),
+    // The `pulls` command it printed, run exactly as printed (the binary's full path: it is
+    // not on PATH), shows the slow pull in progress with how far it got.
+    let printed = seen
+        .iter()
+        .position(|l| l.contains("watch it with"))
+        .and_then(|i| seen.get(i + 1))
+        .unwrap_or_else(|| panic!("no pulls command:\n{}", seen.join("\n")))
+        .trim()
+        .to_string();
+    let words: Vec<&str> = printed.split_whitespace().collect();
+    assert!(
+        words[0].starts_with('/') && words[1] == "pulls",
+        "{printed}"
+    );
+    let shows = |pod: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // A live view: let it refresh for 3 s, then stop it.
+            let mut child = Command::new(words[0])
+                .args(&words[1..])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{printed}: {e}"));
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            let table = String::from_utf8_lossy(&out.stdout).into_owned();
+            let line = table
+                .lines()
+                .find(|l| {
+                    l.contains("throttled/shop/big:1.0") && l.contains(" of ") && l.contains(pod)
+                })
+                .map(str::to_string);
+            match line {
+                Some(l) => break l,
+                None if Instant::now() > deadline => {
+                    panic!("no slow pull of {pod} with progress:\n{table}")
+                }
+                None => {}
+            }
         }
     };
+    let shown = shows("shop/big-0");
     assert!(
-        shown.contains("shop/big-0") && shown.contains("MiB") && shown.contains("layers done"),
+        shown.contains("MiB") && shown.contains("layers done"),
         "{shown}"
     );
+    // And it repeats: the next round is a new pull, downloading again.
+    shows("shop/big-1");
     // Ctrl-C: everything stops, cleanly.
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(cmd)
+    let mut child = Command::new(crate::common::tool(cmd))
         .args(args)
         .current_dir(ROOT)
         .stdin(Stdio::piped())
@@ -534,6 +534,181 @@ fn dockerfile_builds_the_way_ci_does() {
             );
         }
     }
+}
+
+/// The build stage of the Dockerfile: its `COPY` sources, `ENV` settings and the `cargo build`
+/// command of its `RUN`, as written.
+struct BuildStage {
+    copies: Vec<String>,
+    env: Vec<(String, String)>,
+    build: String,
+}
+
+fn build_stage(dockerfile: &str) -> BuildStage {
+    let stage: Vec<&str> = dockerfile
+        .lines()
+        .skip_while(|l| !(l.starts_with("FROM ") && l.contains(" AS build")))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .collect();
+    // Continuation lines joined, as the engine reads them.
+    let mut joined = Vec::new();
+    let mut cur = String::new();
+    for l in stage {
+        match l.trim_end().strip_suffix('\\') {
+            Some(part) => cur.push_str(part),
+            None => {
+                cur.push_str(l);
+                joined.push(std::mem::take(&mut cur));
+            }
+        }
+    }
+    let mut copies = Vec::new();
+    let mut env = Vec::new();
+    let mut build = String::new();
+    for l in &joined {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        match words.first() {
+            Some(&"COPY") => copies.extend(words[1..words.len() - 1].iter().map(|w| w.to_string())),
+            Some(&"ENV") => {
+                for kv in &words[1..] {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    // `${ARG}` values come from the ARG's default: none is needed to build.
+                    if !v.starts_with("${") {
+                        env.push((k.to_string(), v.to_string()));
+                    }
+                }
+            }
+            Some(&"RUN") if l.contains("cargo build") => {
+                build = l
+                    .split("&&")
+                    .map(str::trim)
+                    .find(|c| c.starts_with("cargo build") || c.starts_with("RUN cargo build"))
+                    .unwrap()
+                    .trim_start_matches("RUN ")
+                    .to_string();
+            }
+            _ => {}
+        }
+    }
+    BuildStage { copies, env, build }
+}
+
+/// Copies `from` into `to`, leaving out what `.dockerignore` names (top-level paths).
+fn copy_context(from: &Path, to: &Path, ignored: &[String], rel: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let rel = rel.join(entry.file_name());
+        if ignored.iter().any(|i| Path::new(i) == rel) {
+            continue;
+        }
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_context(&entry.path(), &target, ignored, &rel);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// What an engine would build, without one: the Dockerfile's context (the checkout minus
+/// `.dockerignore`), copied as its build stage's `COPY` lines say into a temporary directory,
+/// then its `cargo build` command with its `ENV`, offline. The defect this catches: a file the
+/// manifest needs (a bench, a proto) left out of the context.
+#[test]
+fn dockerfile_context_builds_offline_with_its_own_command() {
+    let stage = build_stage(&read("Dockerfile"));
+    assert!(
+        stage.build.starts_with("cargo build --release --locked"),
+        "{}",
+        stage.build
+    );
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            assert!(
+                !l.contains('*') && !l.starts_with('!'),
+                "a pattern this test does not read: {l}"
+            );
+            l.trim_end_matches('/').to_string()
+        })
+        .collect();
+    assert!(ignored.iter().any(|i| i == "target"), "{ignored:?}");
+    let context = tempfile::tempdir().unwrap();
+    copy_context(Path::new(ROOT), context.path(), &ignored, Path::new(""));
+    let work = tempfile::tempdir().unwrap();
+    for src in &stage.copies {
+        if src == "." {
+            copy_context(context.path(), work.path(), &[], Path::new(""));
+        } else {
+            let from = context.path().join(src);
+            assert!(from.exists(), "COPY {src}: not in the build context");
+            let to = work.path().join(src);
+            if from.is_dir() {
+                std::fs::create_dir_all(&to).unwrap();
+                copy_context(&from, &to, &[], Path::new(""));
+            } else {
+                std::fs::copy(&from, &to).unwrap();
+            }
+        }
+    }
+    let mut words = stage.build.split_whitespace();
+    assert_eq!(words.next(), Some("cargo"));
+    let target = Path::new(ROOT).join("target/dockerfile-context");
+    let o = Command::new("cargo")
+        .args(words)
+        .current_dir(work.path())
+        .envs(stage.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("CARGO_NET_OFFLINE", "true")
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the Dockerfile's build fails on its context:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let bin = target.join("release/pullwatch");
+    let help = Command::new(&bin).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("run"));
+}
+
+#[test]
+fn the_release_script_builds_both_architectures_of_the_image_the_daemonset_runs() {
+    let manifest = read("deploy/kubernetes/base/daemonset.yaml");
+    let image = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .unwrap()
+        .to_string();
+    let version = read("Cargo.toml")
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    assert!(
+        image.ends_with(&format!(":{version}")),
+        "{image} is not {version}"
+    );
+    let plan = ok("bash", &["scripts/release.sh", &version, "--dry-run"], None);
+    assert!(
+        plan.starts_with("docker buildx build --platform linux/amd64,linux/arm64")
+            && plan.contains(&format!("--tag {image} "))
+            && plan.contains("--push"),
+        "{plan}"
+    );
+    let wrong = run("bash", &["scripts/release.sh", "9.9.9", "--dry-run"], None);
+    assert_eq!(wrong.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("9.9.9") && err.contains(&version), "{err}");
+    // The workflow runs the script for a tag.
+    let workflow = read(".github/workflows/release.yml");
+    assert!(workflow.contains("scripts/release.sh") && workflow.contains("tags:"));
 }
 
 /// Builds the image for real. Needs a container engine, which this machine kind does not run:

@@ -22,5 +22,6 @@ mod proxy_transparency;
 mod ratelimit_probe;
 mod red_team;
 mod relay;
+mod setup;
 mod tap;
 mod web_config;

@@ -62,7 +62,7 @@ fn validate(api: &KubeApi, dir: &std::path::Path) {
         .map(|e| serde_json::to_string(e).unwrap())
         .collect();
     std::fs::write(&file, docs.join("\n---\n")).unwrap();
-    let out = std::process::Command::new("kubernetes-validate")
+    let out = std::process::Command::new(crate::common::tool("kubernetes-validate"))
         .args(["--strict", "--quiet"])
         .arg(&file)
         .output()

@@ -53,7 +53,7 @@ impl Caller {
         };
         let mut c = match self {
             Caller::GrpcioDefault | Caller::GrpcioLocalhost => {
-                let mut c = Command::new("python3");
+                let mut c = Command::new(super::tool("python3"));
                 c.arg(callers_dir().join("grpc_caller.py"));
                 c
             }

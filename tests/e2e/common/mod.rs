@@ -76,6 +76,19 @@ pub fn message_of(r: &PullReport) -> String {
 }
 
 /// Every PromQL expression of the Grafana dashboards in `dashboards/`.
+/// A tool the tests run: from the checkout's Python venv (`.venv/`, scripts/install-deps.sh
+/// makes it) when it has it, else from PATH.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
+    if venv.exists() {
+        venv
+    } else {
+        std::path::PathBuf::from(name)
+    }
+}
+
 pub fn dashboard_exprs() -> Vec<String> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards");
     let mut out = Vec::new();

@@ -152,7 +152,7 @@ impl Webhook {
 /// `(alert name, expression)` of every alerting rule in a rules file (via PyYAML).
 pub fn rule_exprs(rules_yaml: &str) -> Vec<(String, String)> {
     let script = "import sys,yaml,json; d=yaml.safe_load(sys.stdin); print(json.dumps([[r['alert'], r['expr']] for g in d['groups'] for r in g['rules'] if 'alert' in r]))";
-    let mut child = Command::new("python3")
+    let mut child = Command::new(super::tool("python3"))
         .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
