@@ -592,8 +592,40 @@ async fn tap(sb: &Sandbox, image: &str) {
     }
 }
 
-/// 5. In-process: /metrics render with ~10 000 series, classifier throughput.
+/// What one read of the runtime's connections costs the endpoint witness (at each pull's start
+/// and end, and every poll interval): this process holds `n` loopback connections, the node
+/// holds whatever else it has.
+fn endpoint_reads() {
+    let Ok(mut reader) = pullwatch::testing::ConnectionReader::open() else {
+        println!("endpoint reads: skipped, sock_diag is not available here");
+        return;
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for n in [10usize, 500, 2000] {
+        while held.len() < n {
+            let c = std::net::TcpStream::connect(addr).unwrap();
+            let (s, _) = listener.accept().unwrap();
+            held.push((c, s));
+        }
+        let reads = 200;
+        let t = Instant::now();
+        let mut found = 0;
+        for _ in 0..reads {
+            found = reader.read(std::process::id()).unwrap();
+        }
+        let per = t.elapsed() / reads;
+        println!(
+            "endpoint read: {found} TCP sockets of the process ({n} connections held): {:.3} ms per read",
+            per.as_secs_f64() * 1e3
+        );
+    }
+}
+
+/// 5. In-process: an endpoint read, /metrics render (~10 000 series), classifier throughput.
 fn in_process() {
+    endpoint_reads();
     let cfg = RecorderConfig {
         image_label_cap: Some(10_000),
         max_registries: 1000,

@@ -21,3 +21,21 @@ pub fn refresh_backoff(recorder: &Recorder) {
 pub fn grpc_frame(message: &[u8]) -> Vec<u8> {
     crate::grpc::frame::encode(message)
 }
+
+/// One read of a process's TCP connections as the endpoint witness makes it at each pull's
+/// start and end: its descriptors in /proc, then the kernel's socket table (`sock_diag`).
+pub struct ConnectionReader(crate::sources::endpoints::Reader);
+
+impl ConnectionReader {
+    /// Opens the kernel's socket table.
+    pub fn open() -> Result<Self, String> {
+        crate::sources::endpoints::Reader::open()
+            .map(Self)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Reads `pid`'s TCP connections; returns how many it has.
+    pub fn read(&mut self, pid: u32) -> Result<usize, String> {
+        self.0.read(pid)
+    }
+}

@@ -72,16 +72,23 @@ fn layout() -> BTreeMap<String, String> {
     map
 }
 
-/// What is not part of the source tree: build output, git's own, fuzzing's work directories.
-const NOT_SOURCE: &[&str] = &[
-    "target",
-    ".git",
-    "fuzz/target",
-    "fuzz/artifacts",
-    "fuzz/coverage",
-];
+/// What is not part of the source tree: git's own, and what `.gitignore` names (build output,
+/// the test tools' virtualenv, fuzzing's work directories), so the two lists cannot drift.
+fn not_source(root: &Path) -> Vec<String> {
+    let ignore = std::fs::read_to_string(root.join(".gitignore")).unwrap_or_default();
+    std::iter::once(".git".to_string())
+        .chain(
+            ignore
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| l.trim_start_matches('/').trim_end_matches('/').to_string()),
+        )
+        .collect()
+}
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+    let not_source = not_source(root);
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         let rel = path
@@ -89,7 +96,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
             .unwrap()
             .to_string_lossy()
             .into_owned();
-        if NOT_SOURCE.contains(&rel.as_str()) {
+        if not_source.contains(&rel) {
             continue;
         }
         if path.is_dir() {

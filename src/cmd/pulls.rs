@@ -189,6 +189,12 @@ fn row_finished(f: &Finished, out: &mut String) {
         f.reason.map_or("-", |r| r.as_str()),
         hint
     );
+    // Where mirrors are watched: which endpoints served, and which it fell back from.
+    if let Some(summary) = f.endpoints.as_ref().map(|e| e.summary())
+        && !summary.is_empty()
+    {
+        let _ = writeln!(out, "{:<28} └ {summary}", "");
+    }
 }
 
 /// The view as a terminal table.
@@ -247,5 +253,47 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("LAST FINISHED (0"), "{text}");
+    }
+
+    #[test]
+    fn a_finished_pull_names_its_endpoints_under_its_row() {
+        use crate::core::attempt::{Outcome, PullAttempt, Source};
+        use crate::core::endpoints::{EndpointReport, Fallback, FallbackCause, Served};
+        let v = PullsView::default();
+        let attempt = PullAttempt {
+            image: "a.io/x:1".into(),
+            reference: crate::core::reference::ImageRef::parse("a.io/x:1").ok(),
+            pod: None,
+            started_at: std::time::SystemTime::now(),
+            duration: Some(Duration::from_millis(20)),
+            outcome: Outcome::Success {
+                image_ref: "sha256:x".into(),
+            },
+            source: Source::Containerd,
+            trace: None,
+            credentials: None,
+            readout: None,
+        };
+        let report = EndpointReport {
+            served_by: vec![Served {
+                endpoint: "a.io".into(),
+                bytes: 900,
+                shared: false,
+            }],
+            fell_back_from: vec![Fallback {
+                endpoint: "mirror:5001".into(),
+                cause: FallbackCause::NoResponse,
+            }],
+            tried: Vec::new(),
+        };
+        v.finished(&attempt, Some(&report));
+        v.finished(&attempt, None);
+        let text = render(&v.snapshot());
+        assert_eq!(
+            text.matches("└ served by a.io (900 B); fell back from mirror:5001 (no_response)")
+                .count(),
+            1,
+            "{text}"
+        );
     }
 }

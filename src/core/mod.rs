@@ -6,6 +6,7 @@ pub mod attempt;
 pub mod backoff;
 pub mod cardinality;
 pub mod classifier;
+pub mod endpoints;
 pub mod progress;
 pub mod rate;
 pub mod reason;

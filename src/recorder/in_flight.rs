@@ -46,6 +46,9 @@ pub(super) struct Announced(HashMap<(String, String), (u64, Instant)>);
 impl Recorder {
     /// Marks a pull to `registry` as started; it counts as in flight until the guard drops.
     pub(crate) fn pull_started(&self, registry: &str) -> InFlight {
+        if let Some(w) = self.witness() {
+            w.pull_started(registry);
+        }
         // Not counted as an overflow here: the attempt's record() counts it once.
         let registry = self.label(&self.registries, registry, Claim::Seen, false);
         let gauge = self.metrics.in_flight.with(&ByRegistry { registry });
@@ -101,6 +104,9 @@ impl Recorder {
         if let Some(id) = shown {
             announced.0.insert(key, (id, now));
         }
+        if let Some(w) = self.witness() {
+            w.pull_started(registry);
+        }
     }
 
     /// The announced pull of `image` for the pod with `uid` ended.
@@ -124,6 +130,13 @@ impl Recorder {
 
     /// The containerd source's latest poll: downloads in flight per (host, repository).
     pub(crate) fn downloads_seen(&self, downloads: HashMap<RepoKey, Downloads>) {
+        if let Some(w) = self.witness() {
+            let hosts: std::collections::HashSet<&str> =
+                downloads.keys().map(|(host, _)| host.as_str()).collect();
+            for host in hosts {
+                w.downloading(host);
+            }
+        }
         self.pulls.set_downloads(downloads);
     }
 

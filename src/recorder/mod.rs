@@ -33,6 +33,7 @@ use crate::core::anatomy::{Anatomy, ContentRecord, Phase};
 use crate::core::attempt::{Outcome, PodRef, PullAttempt, Source, registry_of_image};
 use crate::core::backoff::BackoffTracker;
 use crate::core::cardinality::{Claim, LabelGuard, LabelName};
+use crate::core::endpoints::{EndpointReport, EndpointWitness};
 use crate::sinks::event_log;
 use crate::sinks::pulls::PullsView;
 use crate::telemetry::{GaugeFamily, MetricsError, MetricsRegistry};
@@ -71,6 +72,8 @@ pub struct Recorder {
     host_ports: Mutex<labels::HostPorts>,
     announced: Mutex<in_flight::Announced>,
     pulls: Arc<PullsView>,
+    /// What says which registry endpoint served each pull, when mirrors are watched.
+    witness: std::sync::OnceLock<Arc<dyn EndpointWitness>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -110,7 +113,20 @@ impl Recorder {
             host_ports: Mutex::default(),
             announced: Mutex::default(),
             pulls: Arc::default(),
+            witness: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, `witness` is told of every pull's start and end, and says which registry
+    /// endpoints served each finished attempt (set once; a second witness is ignored).
+    pub(crate) fn witness_endpoints(&self, witness: Arc<dyn EndpointWitness>) {
+        if self.witness.set(witness).is_err() {
+            tracing::debug!("an endpoint witness is already set");
+        }
+    }
+
+    fn witness(&self) -> Option<&dyn EndpointWitness> {
+        self.witness.get().map(|w| &**w)
     }
 
     /// The attempt authority now.
@@ -322,8 +338,12 @@ impl Recorder {
         if let Some(anatomy) = anatomy {
             self.record_anatomy(registry, anatomy);
         }
-        self.pulls.finished(attempt);
-        event_log::emit(attempt, anatomy);
+        let endpoints: Option<EndpointReport> = self.witness().and_then(|w| {
+            let failed = result == crate::core::attempt::AttemptResult::Failure;
+            w.pull_ended(attempt.registry(), attempt.started_at, failed)
+        });
+        self.pulls.finished(attempt, endpoints.as_ref());
+        event_log::emit(attempt, anatomy, endpoints.as_ref());
     }
 }
 

@@ -5,10 +5,14 @@
 //! content record carries its anatomy: `<phase>_seconds` for each measured phase, bytes
 //! downloaded and reused, layers downloaded and reused. An attempt the kernel tap could read only
 //! in part says so: `method_from` (`request_message`: recognized as PullImage by its request)
-//! and `cause_from` (`trailers`, `trailer_order`, or `unreadable` with reason `unknown`).
+//! and `cause_from` (`trailers`, `trailer_order`, or `unreadable` with reason `unknown`). Where
+//! containerd's registry mirrors are watched, `served_by` names the endpoints that sent the
+//! pull's bytes, `fell_back_from` those containerd went past (with why), and a failure's
+//! `endpoints_tried` every endpoint containerd tries for the registry.
 
 use crate::core::anatomy::{Anatomy, Phase};
 use crate::core::attempt::{AttemptResult, Outcome, PullAttempt};
+use crate::core::endpoints::EndpointReport;
 use crate::grpc::status::code_name;
 use std::time::UNIX_EPOCH;
 
@@ -16,7 +20,11 @@ use std::time::UNIX_EPOCH;
 pub(crate) const TARGET: &str = "pullwatch::pull";
 
 /// Emits `attempt` (with its anatomy, when known) as one event.
-pub(crate) fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
+pub(crate) fn emit(
+    attempt: &PullAttempt,
+    anatomy: Option<&Anatomy>,
+    endpoints: Option<&EndpointReport>,
+) {
     let phase = |p: Phase| anatomy.and_then(|a| a.phase(p));
     let (queue_seconds, resolve_seconds, download_seconds, unpack_seconds) = (
         phase(Phase::Queue),
@@ -52,6 +60,12 @@ pub(crate) fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
         .readout
         .and_then(|r| r.cause_from)
         .map(crate::core::attempt::CauseFrom::as_str);
+    // Where mirrors are watched: the endpoints that served, those gone past, and for a
+    // failure every endpoint containerd tries.
+    let nonempty = |s: String| (!s.is_empty()).then_some(s);
+    let served_by = endpoints.and_then(|e| nonempty(e.served()));
+    let fell_back_from = endpoints.and_then(|e| nonempty(e.fallbacks()));
+    let endpoints_tried = endpoints.and_then(|e| nonempty(e.tried.join(", ")));
     let result = attempt.outcome.result();
     let (image_ref, reason, grpc_code, error) = match &attempt.outcome {
         Outcome::Success { image_ref } => (Some(image_ref.as_str()), None, None, None),
@@ -99,6 +113,9 @@ pub(crate) fn emit(attempt: &PullAttempt, anatomy: Option<&Anatomy>) {
                 cached_bytes,
                 layers_downloaded,
                 layers_cached,
+                served_by,
+                fell_back_from,
+                endpoints_tried,
                 image_ref,
                 hint,
                 reason = reason.map(|r| r.as_str()),

@@ -184,8 +184,14 @@ pub(crate) fn stalled_message(p: &InProgress, idle: Duration) -> String {
 /// then the fix hint (the same text `pullwatch explain` gives), cut to 1 KiB.
 pub(crate) fn failed_message(f: &Finished) -> String {
     let error = crate::core::classifier::around_cause(f.error.as_deref().unwrap_or(""), 300);
+    let endpoints = f
+        .endpoints
+        .as_ref()
+        .map(|e| e.summary())
+        .filter(|s| !s.is_empty())
+        .map_or_else(String::new, |s| format!(" ({s})"));
     cut(format!(
-        "pullwatch: {} failed: {}: {} — fix: {}",
+        "pullwatch: {} failed: {}: {}{endpoints} — fix: {}",
         f.image,
         f.reason.unwrap_or(crate::core::reason::Reason::Unknown),
         error,
@@ -456,6 +462,33 @@ pub(crate) fn timestamp(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_names_the_endpoints_tried() {
+        let mut f = Finished {
+            seq: 1,
+            pod: None,
+            image: "a.io/x:1".into(),
+            registry: "a.io".into(),
+            result: AttemptResult::Failure,
+            reason: Some(crate::core::reason::Reason::NotFound),
+            hint: Some("check the tag".into()),
+            error: Some("a.io/x:1: not found".into()),
+            duration_seconds: Some(0.1),
+            finished_unix_ms: 0,
+            endpoints: None,
+        };
+        assert!(!failed_message(&f).contains("endpoints"));
+        f.endpoints = Some(crate::core::endpoints::EndpointReport {
+            tried: vec!["mirror:5001".into(), "a.io".into()],
+            ..Default::default()
+        });
+        let m = failed_message(&f);
+        assert!(
+            m.contains("(endpoints tried: mirror:5001, a.io) — fix: check the tag"),
+            "{m}"
+        );
+    }
 
     #[test]
     fn timestamps_are_rfc3339() {

@@ -5,6 +5,7 @@
 //! are replaced at each poll.
 
 use crate::core::attempt::{AttemptResult, Outcome, PodRef, PullAttempt};
+use crate::core::endpoints::EndpointReport;
 use crate::core::reason::Reason;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -108,6 +109,10 @@ pub(crate) struct Finished {
     pub duration_seconds: Option<f64>,
     /// When it ended (Unix ms).
     pub finished_unix_ms: u64,
+    /// The registry endpoints that served it and those it fell back from, where mirrors are
+    /// configured and watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<EndpointReport>,
 }
 
 /// What `GET /pulls` answers.
@@ -198,7 +203,7 @@ impl PullsView {
     }
 
     /// Records a finished attempt of the attempt authority.
-    pub(crate) fn finished(&self, attempt: &PullAttempt) {
+    pub(crate) fn finished(&self, attempt: &PullAttempt, endpoints: Option<&EndpointReport>) {
         let (reason, hint, error) = match &attempt.outcome {
             Outcome::Success { .. } => (None, None, None),
             Outcome::Failure {
@@ -223,6 +228,7 @@ impl PullsView {
             error,
             duration_seconds: attempt.duration.map(|d| d.as_secs_f64()),
             finished_unix_ms: unix_ms(attempt.started_at + attempt.duration.unwrap_or_default()),
+            endpoints: endpoints.cloned(),
         };
         let mut inner = self.lock();
         inner.finished_seq += 1;
@@ -521,7 +527,7 @@ mod tests {
             readout: None,
         };
         for n in 0..FINISHED_KEPT + 5 {
-            v.finished(&attempt(n));
+            v.finished(&attempt(n), None);
         }
         let s = v.snapshot();
         assert_eq!(s.finished.len(), FINISHED_KEPT);

@@ -199,6 +199,18 @@ pub const FAMILIES: &[Family] = &[
         "Connections the kernel tap could not follow, by cause (events_lost: the ring had no room to say one opened or closed; table_full)."
     ),
     family!(
+        "pullwatch_image_pull_endpoint_bytes_total",
+        Counter,
+        ["registry", "endpoint"],
+        "Bytes the runtime received from each registry endpoint of containerd's hosts.toml (a mirror or the upstream; other: an address no configured host resolves to) while pulls ran, by the registry they were for (unknown: concurrent pulls of registries sharing the endpoint; other: a registry served through _default)."
+    ),
+    family!(
+        "pullwatch_image_pull_fallbacks_total",
+        Counter,
+        ["registry", "endpoint"],
+        "Successful pulls that got their manifest or blobs from a later endpoint of hosts.toml than this one (the endpoint that failed over), once per pull (and once for pulls of a registry that overlap)."
+    ),
+    family!(
         "pullwatch_label_overflow_total",
         Counter,
         ["label"],

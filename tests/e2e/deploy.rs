@@ -114,14 +114,15 @@ fn kustomize_renders_valid_objects_with_a_safe_daemonset() {
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["capabilities"]["drop"][0], "ALL");
     // The tap's least privilege: these three capabilities and the host's PID namespace, no
-    // privileged container, no host network.
+    // privileged container. The host's network namespace, for the endpoint witness: containerd's
+    // registry connections are only in its socket table (no capability needed to read it).
     assert_eq!(
         sc["capabilities"]["add"],
         serde_json::json!(["BPF", "PERFMON", "SYS_PTRACE"])
     );
     assert!(sc.get("privileged").is_none_or(|p| p == false));
     assert_eq!(pod["hostPID"], true);
-    assert!(pod.get("hostNetwork").is_none_or(|h| h == false));
+    assert_eq!(pod["hostNetwork"], true);
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["env"][0]["name"], "PULLWATCH_NODE_NAME");
@@ -185,6 +186,8 @@ fn no_bpf_overlay_leaves_the_tap_and_its_privileges_out() {
     assert!(!args.contains(&"--cri-tap"), "{args:?}");
     assert!(args.contains(&"--containerd-socket=/run/containerd/containerd.sock"));
     assert!(pod.get("hostPID").is_none());
+    assert!(pod.get("hostNetwork").is_none());
+    assert!(args.contains(&"--no-endpoints"), "{args:?}");
     assert!(c["securityContext"]["capabilities"].get("add").is_none());
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
 }

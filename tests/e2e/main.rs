@@ -15,6 +15,7 @@ mod endpoint;
 mod faults;
 mod interposer;
 mod kube;
+mod mirrors;
 mod pod_events;
 mod prometheus;
 mod proxy_behaviour;

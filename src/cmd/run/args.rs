@@ -7,6 +7,7 @@ use crate::recorder::RecorderArgs;
 use crate::sources::containerd::ContainerdArgs;
 use crate::sources::cri_proxy::ProxyArgs;
 use crate::sources::cri_tap::TapArgs;
+use crate::sources::endpoints::EndpointArgs;
 use crate::sources::kube::KubeArgs;
 use crate::sources::ratelimit::ProbeArgs;
 use crate::sources::runtime_status::RuntimeStatusArgs;
@@ -38,6 +39,10 @@ pub struct RunArgs {
     /// The containerd source.
     #[command(flatten)]
     pub containerd: ContainerdArgs,
+
+    /// Registry endpoints (mirrors).
+    #[command(flatten)]
+    pub endpoints: EndpointArgs,
 
     /// The runtime status poller.
     #[command(flatten)]

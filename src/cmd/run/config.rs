@@ -10,6 +10,7 @@ use crate::recorder::{RecorderConfig, Sources};
 use crate::sources::containerd::ContainerdConfig;
 use crate::sources::cri_proxy::ProxyConfig;
 use crate::sources::cri_tap::TapConfig;
+use crate::sources::endpoints::EndpointConfig;
 use crate::sources::kube::KubeConfig;
 use crate::sources::ratelimit::ProbeConfig;
 use crate::sources::runtime_status::RuntimeStatusConfig;
@@ -23,6 +24,8 @@ pub(crate) struct RunConfig {
     pub tap: Option<TapConfig>,
     /// containerd source settings, if enabled.
     pub containerd: Option<ContainerdConfig>,
+    /// Endpoint witness settings, if enabled (with the containerd source).
+    pub endpoints: Option<EndpointConfig>,
     /// Kubernetes API source settings, if enabled.
     pub kube: Option<KubeConfig>,
     /// Rate-limit probe settings, if enabled.
@@ -51,6 +54,10 @@ impl RunConfig {
         let tap = TapConfig::from_args(&args.tap, &args.runtime_socket)?;
         let kube = KubeConfig::from_args(&args.kube)?;
         let containerd = ContainerdConfig::from_args(&args.containerd)?;
+        let endpoints = EndpointConfig::from_args(
+            &args.endpoints,
+            containerd.as_ref().map(|c| c.socket.as_path()),
+        )?;
         let ratelimit_probe = ProbeConfig::from_args(&args.ratelimit)?;
         let pod_events = match (&args.pod_events, &kube) {
             (a, _) if !a.pod_events => None,
@@ -93,6 +100,7 @@ impl RunConfig {
             proxy,
             tap,
             containerd,
+            endpoints,
             kube,
             ratelimit_probe,
             pod_events,

@@ -13,6 +13,7 @@ use crate::recorder::{Recorder, RecorderConfig};
 use crate::sources::containerd::{ContainerdMetrics, ContainerdSource};
 use crate::sources::cri_proxy::{CriProxy, ProxyMetrics, loop_guard, socket};
 use crate::sources::cri_tap::{self, TapMetrics};
+use crate::sources::endpoints::{EndpointMetrics, Meter};
 use crate::sources::kube::{KubeMetrics, KubeSource};
 use crate::sources::ratelimit::{RateLimitMetrics, RateLimitProbe};
 use crate::sources::runtime_status::{RuntimeStatusMetrics, RuntimeStatusSource};
@@ -33,6 +34,7 @@ struct Instruments {
     proxy: ProxyMetrics,
     tap: TapMetrics,
     containerd: ContainerdMetrics,
+    endpoints: EndpointMetrics,
     runtime_status: RuntimeStatusMetrics,
     ratelimit: RateLimitMetrics,
     kube: KubeMetrics,
@@ -52,6 +54,7 @@ impl Instruments {
             proxy: ProxyMetrics::register(&registry, &shared)?,
             tap: TapMetrics::register(&registry, &shared)?,
             containerd: ContainerdMetrics::register(&registry, &shared)?,
+            endpoints: EndpointMetrics::register(&registry, &shared)?,
             runtime_status: RuntimeStatusMetrics::register(&registry, &shared)?,
             ratelimit: RateLimitMetrics::register(&registry)?,
             kube: KubeMetrics::register(&registry, &shared)?,
@@ -291,6 +294,12 @@ pub(crate) async fn run(
             "content join",
             async move { recorder.join_expiry(stop).await },
         );
+    }
+    if let Some(ec) = config.endpoints.clone() {
+        tracing::info!(hosts = ?ec.hosts, "registry endpoint witness on");
+        let meter = Meter::new(ec, instruments.endpoints.clone());
+        recorder.witness_endpoints(meter.clone());
+        tasks.spawn("endpoint witness", meter.run(stop.clone()));
     }
     if let Some(cc) = config.containerd.clone() {
         tracing::info!(socket = %cc.socket.display(), namespace = %cc.namespace, "containerd source on");

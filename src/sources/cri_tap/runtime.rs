@@ -14,23 +14,9 @@ use std::path::{Path, PathBuf};
 /// Why the runtime could not be found: one line naming what was tried.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum FindError {
-    /// The CRI socket does not answer.
-    #[error("connecting to {path}: {source}")]
-    Connect {
-        /// The socket.
-        path: PathBuf,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The socket's peer has no process in pullwatch's PID namespace (run with hostPID).
-    #[error(
-        "{path}: the runtime's process is not visible (pullwatch needs the host's PID namespace: hostPID)"
-    )]
-    NoPeer {
-        /// The socket.
-        path: PathBuf,
-    },
+    /// The process behind the CRI socket could not be found.
+    #[error(transparent)]
+    Peer(#[from] crate::sources::peer::PeerError),
     /// /proc could not be read.
     #[error(
         "reading {what}: {source} (the tap needs CAP_SYS_PTRACE to read the runtime's descriptors)"
@@ -116,21 +102,7 @@ fn proc_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FindError
 
 /// The process at the other end of a connection to `socket`.
 pub(super) async fn peer_of(socket: &Path) -> Result<u32, FindError> {
-    let connect = tokio::net::UnixStream::connect(socket);
-    let stream = tokio::time::timeout(std::time::Duration::from_secs(5), connect)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-        .map_err(|source| FindError::Connect {
-            path: socket.to_path_buf(),
-            source,
-        })?;
-    let pid = stream.peer_cred().ok().and_then(|c| c.pid());
-    match pid.and_then(|p| u32::try_from(p).ok()).filter(|p| *p > 0) {
-        Some(pid) if Path::new(&format!("/proc/{pid}")).exists() => Ok(pid),
-        _ => Err(FindError::NoPeer {
-            path: socket.to_path_buf(),
-        }),
-    }
+    Ok(crate::sources::peer::peer_of(socket).await?)
 }
 
 /// The descriptors of process `pid` at `socket` (as pullwatch sees the path), read from

@@ -256,14 +256,71 @@ state = "{state}"
 
     /// Pushes `image` to the real registry as `repo:tag` with skopeo; returns the reference.
     pub fn push(&self, image: &TestImage, repo: &str, tag: &str) -> String {
+        self.push_to(&self.registry, image, repo, tag)
+    }
+
+    /// containerd's registry host directory (`registry.config_path`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.dir.path().join("certs.d")
+    }
+
+    /// containerd's configuration file.
+    pub fn containerd_config(&self) -> PathBuf {
+        self.dir.path().join("containerd.toml")
+    }
+
+    /// Writes `registry`'s `hosts.toml` (containerd reads it at each pull).
+    pub fn set_hosts(&self, registry: &str, toml: &str) {
+        let dir = self.certs_dir().join(registry);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hosts.toml"), toml).unwrap();
+    }
+
+    /// Starts another docker-registry (storage of its own) on a free loopback port.
+    pub fn start_registry(&self, name: &str) -> ExtraRegistry {
+        let d = self.dir.path().join(format!("registry-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let host = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            d.join("registry.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
+                d.join("data").display()
+            ),
+        )
+        .unwrap();
+        let proc = Command::new("docker-registry")
+            .arg("serve")
+            .arg(d.join("registry.yml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("registry.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let r = ExtraRegistry {
+            host,
+            proc: Some(proc),
+        };
+        wait::until(
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || std::net::TcpStream::connect(&r.host).is_ok(),
+            || format!("docker-registry {name} did not start"),
+        );
+        r
+    }
+
+    /// Pushes `image` to `registry` (`host:port`, plain HTTP) as `repo:tag`; returns the
+    /// reference.
+    pub fn push_to(&self, registry: &str, image: &TestImage, repo: &str, tag: &str) -> String {
         let layout = self
             .dir
             .path()
             .join("layouts")
+            .join(registry.replace(':', "_"))
             .join(repo.replace('/', "_"))
             .join(tag);
         image.write_layout(&layout, tag);
-        let reference = format!("{}/{repo}:{tag}", self.registry);
+        let reference = format!("{registry}/{repo}:{tag}");
         let out = Command::new("skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci:{}:{tag}", layout.display()))
@@ -276,6 +333,29 @@ state = "{state}"
             String::from_utf8_lossy(&out.stderr)
         );
         reference
+    }
+}
+
+/// A docker-registry besides the sandbox's own, stopped when dropped.
+pub struct ExtraRegistry {
+    /// `host:port`.
+    pub host: String,
+    proc: Option<Child>,
+}
+
+impl ExtraRegistry {
+    /// Stops it (connections to it are refused from now on).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Drop for ExtraRegistry {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
