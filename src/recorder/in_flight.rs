@@ -104,6 +104,8 @@ impl Recorder {
         if let Some(id) = shown {
             announced.0.insert(key, (id, now));
         }
+        // The witness reads containerd's connections now: not while holding the announced pulls.
+        drop(announced);
         if let Some(w) = self.witness() {
             w.pull_started(registry);
         }

@@ -65,6 +65,18 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
         &TestImage::build("alert-big", 3 << 20, "amd64"),
     );
     let ctd = sb.containerd_sock.to_str().unwrap().to_string();
+    // A mirror in front of the sandbox's registry that lacks the image: the good pull falls
+    // back to the upstream, so the mirror panels have data.
+    let mirror = sb.start_registry("mirror");
+    sb.set_hosts(
+        &sb.registry,
+        &format!(
+            "server = \"http://{r}\"\n[host.\"http://{m}\"]\n",
+            r = sb.registry,
+            m = mirror.host
+        ),
+    );
+    let certs = sb.certs_dir().to_str().unwrap().to_string();
     // Every source on, so every dashboard panel has data: the probe reads an exhausted quota,
     // the Kubernetes API source watches a scripted API server.
     let probe = format!("http://{}/ratelimitedhead/probe:1", sb.fault.host());
@@ -88,6 +100,8 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
             "node-a",
             "--kubeconfig",
             kubeconfig.to_str().unwrap(),
+            "--registry-config-path",
+            &certs,
         ],
     );
     let dir = sb.dir.path();
@@ -153,6 +167,10 @@ async fn alerts_fire_reach_alertmanager_and_every_query_returns_data() {
     );
     agent.scrape_until("bytes of the throttled pull", |m| {
         sum(m, "pullwatch_image_pull_bytes_total", &[]) > 0.0
+    });
+    agent.scrape_until("the fallback past the mirror and its bytes", |m| {
+        sum(m, "pullwatch_image_pull_fallbacks_total", &[]) == 1.0
+            && sum(m, "pullwatch_image_pull_endpoint_bytes_total", &[]) > 0.0
     });
 
     // (2) The chosen alerts fire in Prometheus...
