@@ -341,7 +341,12 @@ async fn megabytes_of_answers_do_not_desynchronize_a_joined_connection() {
     );
     // Three big answers and a pull, each counted once (a status from before the join reads
     // as `unread`, never as a gRPC code).
-    assert_eq!(sum(&m, "pullwatch_cri_requests_total", &[]), 4.0, "{m}");
+    assert_eq!(
+        sum(&m, "pullwatch_cri_requests_total", &[]),
+        4.0,
+        "{m}\n{}",
+        agent.logs()
+    );
     assert_eq!(
         sum(&m, "pullwatch_cri_requests_total", &[("code", "UNKNOWN")]),
         0.0,

@@ -270,12 +270,21 @@ int BPF_PROG(on_exit, struct pt_regs *regs, long ret)
 		if (ret < 0 || !bpf_map_lookup_elem(&listeners, &key))
 			return 0;
 		u32 new_fd = ret;
+		u64 new_key = ((u64)tgid << 32) | new_fd;
+		// A descriptor the kernel just handed out was closed before: an entry under it is
+		// stale (a connection joined from /proc that closed before user space entered it).
+		// Drop it, or the new connection's bytes would be read as the old one's.
+		struct conn *stale = bpf_map_lookup_elem(&conns, &new_key);
+		if (stale) {
+			u64 stale_id = stale->id;
+			bpf_map_delete_elem(&conns, &new_key);
+			announce(EV_CLOSE, stale_id, tgid, new_fd);
+		}
 		if (self_tgid && peer_tgid(new_fd) == (int)self_tgid) {
 			count(S_OWN, 1);
 			return 0;
 		}
 		struct conn c = {.id = __sync_fetch_and_add(&next_conn, 1)};
-		u64 new_key = ((u64)tgid << 32) | new_fd;
 		if (bpf_map_update_elem(&conns, &new_key, &c, BPF_ANY)) {
 			count(S_UNTRACKED, 1);
 			return 0;
