@@ -284,4 +284,51 @@ mod tests {
         .unwrap();
         assert_eq!(c.recorder.image_label_cap, Some(7));
     }
+
+    #[test]
+    fn the_endpoint_witness_runs_with_the_containerd_source_unless_turned_off() {
+        use crate::sources::endpoints::HostsSource;
+        let ctd = ["--containerd-socket", "/c.sock"];
+        let c = RunConfig::from_args(&run_args(&ctd)).unwrap();
+        let e = c.endpoints.expect("on with the containerd source");
+        assert_eq!(
+            e.hosts,
+            HostsSource::ContainerdConfig("/etc/containerd/config.toml".into())
+        );
+        assert_eq!(e.poll_interval, Duration::from_secs(1));
+        let dir = [ctd[0], ctd[1], "--registry-config-path", "/etc/certs.d"];
+        let c = RunConfig::from_args(&run_args(&dir)).unwrap();
+        assert_eq!(
+            c.endpoints.unwrap().hosts,
+            HostsSource::Dir("/etc/certs.d".into())
+        );
+        let off = [ctd[0], ctd[1], "--no-endpoints"];
+        assert!(
+            RunConfig::from_args(&run_args(&off))
+                .unwrap()
+                .endpoints
+                .is_none()
+        );
+        assert!(
+            RunConfig::from_args(&run_args(&["--kube", "--node-name", "n"]))
+                .unwrap()
+                .endpoints
+                .is_none()
+        );
+        for (args, says) in [
+            (
+                &["--kube", "--node-name", "n", "--registry-config-path", "/d"][..],
+                "--registry-config-path: needs --containerd-socket",
+            ),
+            (
+                &[ctd[0], ctd[1], "--endpoint-poll-interval", "10ms"][..],
+                "--endpoint-poll-interval: must be at least 100ms",
+            ),
+        ] {
+            let e = RunConfig::from_args(&run_args(args))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
 }

@@ -24,11 +24,10 @@ mod metrics;
 mod sockets;
 
 pub(crate) use config::EndpointArgs;
-pub(crate) use config::EndpointConfig;
+pub(crate) use config::{EndpointConfig, HostsSource};
 pub(crate) use metrics::EndpointMetrics;
 
 use crate::core::endpoints::{EndpointReport, EndpointWitness};
-use config::HostsSource;
 use hosts::{DEFAULT_DIR, HostsConfig, MAX_ENDPOINTS, registry_of_dir};
 use ledger::{Candidate, Ledger, OTHER, Users};
 use metrics::ByEndpoint;
