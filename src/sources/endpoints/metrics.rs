@@ -18,6 +18,12 @@ pub(crate) struct EndpointMetrics {
     pub(crate) health: SourceHealth,
 }
 
+impl std::fmt::Debug for EndpointMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndpointMetrics")
+    }
+}
+
 impl EndpointMetrics {
     /// Registers the families in `reg`; `shared` gives the `source="endpoints"` series.
     pub(crate) fn register(

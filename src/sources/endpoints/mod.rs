@@ -146,12 +146,6 @@ pub(crate) struct Meter {
     state: Mutex<State>,
 }
 
-impl std::fmt::Debug for EndpointMetrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EndpointMetrics")
-    }
-}
-
 impl Meter {
     /// A witness with `config`; it reads nothing until [`Self::run`] finds containerd.
     pub(crate) fn new(config: EndpointConfig, metrics: EndpointMetrics) -> Arc<Self> {
