@@ -52,6 +52,8 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 struct Plan {
     hosts: HostsConfig,
+    /// Whether any mirror is configured (read once per directory, asked at every pull).
+    mirrors: bool,
     labels: Vec<String>,
     index: HashMap<String, usize>,
     /// `(host, port)` per label, to resolve.
@@ -99,6 +101,7 @@ impl Plan {
                 }
             }
         }
+        plan.mirrors = hosts.has_mirrors();
         plan.hosts = hosts;
         plan
     }
@@ -305,7 +308,7 @@ impl Meter {
                 reload_at = now + self.config.reload;
                 self.reload(&mut said_none).await;
             }
-            if !self.lock().plan.hosts.has_mirrors() {
+            if !self.lock().plan.mirrors {
                 self.metrics.health.set_source_up(true);
                 continue;
             }
@@ -365,7 +368,8 @@ impl Meter {
             }
         };
         let changed = hosts != self.lock().plan.hosts;
-        let mirrors = hosts.has_mirrors();
+        let plan = Plan::new(hosts);
+        let mirrors = plan.mirrors;
         if !mirrors && !*said_none {
             tracing::info!(
                 source = SOURCE,
@@ -373,7 +377,6 @@ impl Meter {
             );
         }
         *said_none = !mirrors;
-        let plan = Plan::new(hosts);
         let addresses = Self::resolve(&plan).await;
         let mut s = self.lock();
         if changed {
@@ -415,7 +418,7 @@ impl Reader {
 impl EndpointWitness for Meter {
     fn pull_started(&self, registry: &str) {
         let mut s = self.lock();
-        if !s.plan.hosts.has_mirrors() {
+        if !s.plan.mirrors {
             return;
         }
         let now = Instant::now();
@@ -425,7 +428,7 @@ impl EndpointWitness for Meter {
 
     fn downloading(&self, host: &str) {
         let mut s = self.lock();
-        if s.plan.hosts.has_mirrors() {
+        if s.plan.mirrors {
             s.ledger.downloading(host, Instant::now());
         }
     }
@@ -439,7 +442,7 @@ impl EndpointWitness for Meter {
         let mut s = self.lock();
         let plan = s.plan.clone();
         let endpoints = plan.hosts.endpoints_of(registry)?;
-        if !plan.hosts.has_mirrors() || s.pid.is_none() {
+        if !plan.mirrors || s.pid.is_none() {
             return None;
         }
         let now = Instant::now();

@@ -61,6 +61,26 @@ fn nxdomain_server(addr: SocketAddr) {
     });
 }
 
+/// Starts docker-registry serving `storage` on `addr`; its config and log go to `dir`
+/// (`registry.yml`, `registry.log`).
+fn spawn_docker_registry(dir: &Path, storage: &Path, addr: &str) -> Child {
+    std::fs::write(
+        dir.join("registry.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("registry.yml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     /// `host:port` of the real docker-registry.
@@ -98,21 +118,7 @@ impl Sandbox {
         let d = dir.path();
         let reg_port = free_port();
         let registry = format!("127.0.0.1:{reg_port}");
-        std::fs::write(
-            d.join("registry.yml"),
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n",
-                d.join("registry").display()
-            ),
-        )
-        .unwrap();
-        let registry_proc = Command::new("docker-registry")
-            .arg("serve")
-            .arg(d.join("registry.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("registry.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let registry_proc = spawn_docker_registry(d, &d.join("registry"), &registry);
         let fault = FaultRegistry::start(SLOW_BYTES_PER_SEC).await;
 
         // Registry host configuration: plain HTTP for ours; `localhost:<fault>` deliberately
@@ -281,21 +287,7 @@ state = "{state}"
         let d = self.dir.path().join(format!("registry-{name}"));
         std::fs::create_dir_all(&d).unwrap();
         let host = format!("127.0.0.1:{}", free_port());
-        std::fs::write(
-            d.join("registry.yml"),
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n",
-                d.join("data").display()
-            ),
-        )
-        .unwrap();
-        let proc = Command::new("docker-registry")
-            .arg("serve")
-            .arg(d.join("registry.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(d.join("registry.log")).unwrap())
-            .spawn()
-            .unwrap();
+        let proc = spawn_docker_registry(&d, &d.join("data"), &host);
         let r = ExtraRegistry {
             host,
             proc: Some(proc),
